@@ -1,0 +1,78 @@
+# balloond: the commands a user and CI run. Each target installs what it needs first:
+# system packages with apt-get (sudo when not root), Python packages into .venv, and the
+# lab's guest image into .cache/lab.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Commands the lab and the tests need, and the Debian package that brings each.
+SYSTEM_CMDS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mosquitto:mosquitto \
+               mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc
+DURATION ?= 60
+
+.PHONY: help system venv image demo test test-fast lint bench bench-quick clean distclean
+
+help:
+	@echo "make demo    run balloond against three real lab guests (ends by itself, DURATION=$(DURATION)s)"
+	@echo "make test    install what is missing, then run the whole test suite"
+	@echo "make lint    ruff and mypy (strict)"
+	@echo "make bench   scale and policy-quality benchmarks -> benchmarks/RESULTS.md"
+	@echo "make clean   remove caches; distclean also removes .venv and the lab image"
+
+# --- system packages -------------------------------------------------------------------
+system: $(STAMPS)/system
+$(STAMPS)/system:
+	@missing=""; for pair in $(SYSTEM_CMDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	[ -f /usr/include/stdlib.h ] || missing="$$missing libc6-dev"; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing system packages:$$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing \
+	    || { echo "apt-get failed: install$$missing by hand" >&2; exit 1; }; \
+	else echo "==> system packages present"; fi
+	@mkdir -p $(STAMPS) && touch $@
+
+# --- Python environment ----------------------------------------------------------------
+venv: $(STAMPS)/venv
+$(STAMPS)/venv: pyproject.toml | $(STAMPS)/system
+	@echo "==> creating $(VENV) and installing balloond with its dev tools"
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@mkdir -p $(STAMPS) && touch $@
+
+# --- lab guest image (kernel + busybox initramfs + memhog), cached by its inputs --------
+image: venv
+	@$(PY) -m balloond.lab build
+
+# --- the two commands ------------------------------------------------------------------
+demo: image
+	$(VENV)/bin/balloond demo --duration $(DURATION)
+
+test: image
+	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The tests that need no QEMU and no broker.
+test-fast: venv
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not lab and not broker" $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check balloond tests benchmarks
+	$(VENV)/bin/ruff format --check balloond tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: venv
+	$(PY) -m benchmarks.run
+
+bench-quick: venv
+	$(PY) -m benchmarks.run --quick
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(STAMPS) .cache

@@ -1,0 +1,129 @@
+"""Typed, frozen records of what balloond observes: guest balloon stats and host memory.
+
+These are plain values shared by the QMP adapter (which fills them), the policy engine
+(which reads them) and the simulator. Amounts of memory are bytes; counters are counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+#: QEMU reports a statistic the guest has not sent as (uint64)-1.
+QMP_NOT_REPORTED = 0xFFFF_FFFF_FFFF_FFFF
+
+# QMP stat name -> BalloonStats field. Byte amounts end in _bytes, the rest are counts.
+_QMP_FIELDS: dict[str, str] = {
+    "stat-swap-in": "swap_in_bytes",
+    "stat-swap-out": "swap_out_bytes",
+    "stat-major-faults": "major_faults",
+    "stat-minor-faults": "minor_faults",
+    "stat-free-memory": "free_bytes",
+    "stat-total-memory": "total_bytes",
+    "stat-available-memory": "available_bytes",
+    "stat-disk-caches": "disk_caches_bytes",
+    "stat-htlb-pgalloc": "htlb_pgalloc",
+    "stat-htlb-pgfail": "htlb_pgfail",
+    # QEMU >= 9.2
+    "stat-oom-kills": "oom_kills",
+    "stat-alloc-stalls": "alloc_stalls",
+    "stat-async-scans": "async_scans",
+    "stat-direct-scans": "direct_scans",
+    "stat-async-reclaims": "async_reclaims",
+    "stat-direct-reclaims": "direct_reclaims",
+}
+QMP_STAT_NAMES: tuple[str, ...] = tuple(_QMP_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class BalloonStats:
+    """One `guest-stats` reading. None means the guest did not report that statistic.
+
+    ``last_update`` is QEMU's host wall-clock time (seconds) of the guest's last report;
+    0 means the guest never reported (no driver, or polling just enabled).
+    """
+
+    last_update: int
+    swap_in_bytes: int | None = None
+    swap_out_bytes: int | None = None
+    major_faults: int | None = None
+    minor_faults: int | None = None
+    free_bytes: int | None = None
+    total_bytes: int | None = None
+    available_bytes: int | None = None
+    disk_caches_bytes: int | None = None
+    htlb_pgalloc: int | None = None
+    htlb_pgfail: int | None = None
+    oom_kills: int | None = None
+    alloc_stalls: int | None = None
+    async_scans: int | None = None
+    direct_scans: int | None = None
+    async_reclaims: int | None = None
+    direct_reclaims: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True once the guest has reported at least once with its memory figures."""
+        return self.last_update > 0 and self.total_bytes is not None
+
+    @classmethod
+    def from_qmp(cls, reply: Mapping[str, Any]) -> BalloonStats:
+        """Build from a `qom-get guest-stats` reply; ValueError on a malformed one.
+
+        Unknown stat names (newer QEMU) are ignored; (uint64)-1 and missing become None.
+        """
+        if not isinstance(reply, Mapping):
+            raise ValueError(f"guest-stats reply is not an object: {reply!r:.200}")
+        last_update = reply.get("last-update", 0)
+        if not isinstance(last_update, int) or isinstance(last_update, bool) or last_update < 0:
+            raise ValueError(f"guest-stats last-update is not a count of seconds: {last_update!r}")
+        raw = reply.get("stats", {})
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"guest-stats 'stats' is not an object: {raw!r:.200}")
+        values: dict[str, int | None] = {}
+        for qmp_name, field_name in _QMP_FIELDS.items():
+            value = raw.get(qmp_name)
+            if value is None or value == QMP_NOT_REPORTED:
+                values[field_name] = None
+            elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                values[field_name] = value
+            else:
+                raise ValueError(f"guest-stats {qmp_name} is not a non-negative integer: {value!r}")
+        return cls(last_update=last_update, **values)
+
+    def to_qmp(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_qmp` (used by the simulator and by traces)."""
+        stats = {
+            qmp_name: QMP_NOT_REPORTED if getattr(self, f) is None else getattr(self, f)
+            for qmp_name, f in _QMP_FIELDS.items()
+        }
+        return {"last-update": self.last_update, "stats": stats}
+
+    def as_dict(self) -> dict[str, int | None]:
+        """Field name -> value, for audit records and JSON output."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSample:
+    """What one poll of one guest saw.
+
+    ``t_s`` is the daemon's monotonic clock in seconds when the sample was taken.
+    ``actual_bytes`` is the guest's logical memory size as QMP `query-balloon` reports it.
+    ``stats`` is None when the guest has not (yet) reported valid stats.
+    """
+
+    t_s: float
+    actual_bytes: int
+    stats: BalloonStats | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostSnapshot:
+    """Host memory as /proc/meminfo (and /proc/pressure/memory when present) shows it."""
+
+    total_bytes: int
+    available_bytes: int
+    #: "some avg10" of /proc/pressure/memory, percent; None where PSI is unavailable.
+    psi_some_avg10: float | None = None

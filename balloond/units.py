@@ -1,0 +1,86 @@
+"""Sizes and percentages at the edges.
+
+Inside balloond every amount of memory is an ``int`` of bytes. People write "512MiB",
+"2GiB" or "10%", and read MiB. These helpers convert, once, where text meets numbers.
+"""
+
+from __future__ import annotations
+
+import re
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": 1000,
+    "kib": KiB,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": GiB,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": TiB,
+    "tb": 1000**4,
+    "tib": TiB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_PCT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+#: Anything larger is a typo, not a guest (QEMU caps guest RAM far below this).
+MAX_SIZE_BYTES = 1 << 50
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"512MiB"``, ``"2G"``, ``"1.5GiB"`` or ``"1048576"`` into bytes.
+
+    Binary units (KiB, MiB...) and their one-letter forms are powers of 1024; KB, MB, GB
+    are powers of 1000. A bare number is bytes. Raises ValueError naming the problem.
+    """
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (expected e.g. '512MiB', '2GiB')")
+    number, unit = m.groups()
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"unknown unit {unit!r} in {text!r} (use B, KiB, MiB, GiB or TiB)")
+    value = int(float(number) * factor)
+    if value > MAX_SIZE_BYTES:
+        raise ValueError(f"size {text!r} is implausibly large")
+    return value
+
+
+def parse_percent(text: str) -> float:
+    """Parse ``"10%"`` into ``10.0``; raises ValueError unless 0 <= value <= 100."""
+    m = _PCT_RE.match(text)
+    if not m:
+        raise ValueError(f"not a percentage: {text!r} (expected e.g. '10%')")
+    value = float(m.group(1))
+    if value > 100:
+        raise ValueError(f"percentage {text!r} is above 100%")
+    return value
+
+
+def to_mib(n_bytes: int | None) -> float | None:
+    """Bytes to MiB for display (None stays None)."""
+    return None if n_bytes is None else n_bytes / MiB
+
+
+def fmt_size(n_bytes: int | None) -> str:
+    """Bytes as a short human string: ``'512MiB'``, ``'1.5GiB'``, ``'-'`` for None."""
+    if n_bytes is None:
+        return "-"
+    sign = "-" if n_bytes < 0 else ""
+    n = abs(n_bytes)
+    if n >= GiB and n % (GiB // 10) == 0 or n >= 10 * GiB:
+        return f"{sign}{n / GiB:.1f}GiB".replace(".0GiB", "GiB")
+    if n >= MiB:
+        return f"{sign}{n / MiB:.0f}MiB"
+    if n >= KiB:
+        return f"{sign}{n / KiB:.0f}KiB"
+    return f"{sign}{n}B"
