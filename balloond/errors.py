@@ -75,7 +75,9 @@ class ConfigError(PermanentError):
         prefix = f"{self.source}: " if self.source else ""
         if not self.problems:
             return [f"{prefix}{self}"]
-        return [f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems]
+        return [
+            f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems
+        ]
 
 
 class QMPCommandError(PermanentError):

@@ -77,7 +77,7 @@ def fmt_size(n_bytes: int | None) -> str:
         return "-"
     sign = "-" if n_bytes < 0 else ""
     n = abs(n_bytes)
-    if n >= GiB and n % (GiB // 10) == 0 or n >= 10 * GiB:
+    if n >= 4 * GiB:
         return f"{sign}{n / GiB:.1f}GiB".replace(".0GiB", "GiB")
     if n >= MiB:
         return f"{sign}{n / MiB:.0f}MiB"
