@@ -119,7 +119,9 @@ class GuestLink:
     disconnect), then the query and command methods, each with its own timeout.
 
     ``driver_grace_s``: how long after stats polling is enabled the guest may stay silent
-    before it is reported as :attr:`LinkState.NO_DRIVER`.
+    before it is reported as :attr:`LinkState.NO_DRIVER`. ``on_event`` is called (in the
+    event loop, must not block) with every watched event as it arrives, so a controller can
+    wake up at once instead of at its next poll.
     """
 
     def __init__(
@@ -129,12 +131,14 @@ class GuestLink:
         *,
         driver_grace_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[GuestEvent], None] | None = None,
     ) -> None:
         self.name = name
         self.socket_path = Path(socket_path)
         self.driver_grace_s = driver_grace_s
         self.log = logging.getLogger(f"balloond.guest.{name}")
         self._clock = clock
+        self.on_event = on_event
         self._state = LinkState.IDLE
         self._client: _Client | None = None
         self._balloon_path: str | None = None
@@ -443,6 +447,8 @@ class GuestLink:
         if self._events.full():
             self._events.get_nowait()
         self._events.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
     def pending_events(self) -> list[GuestEvent]:
         """Take the events received so far without waiting."""

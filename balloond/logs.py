@@ -1,0 +1,78 @@
+"""Logging set-up for a terminal, for journald, or as JSON lines.
+
+Under systemd (``JOURNAL_STREAM`` set) lines carry no timestamp of their own, since
+journald stamps them, and start with a syslog priority prefix (``<4>``) so that
+``journalctl -p warning`` works. On a terminal lines are short and readable. ``json``
+gives one object per line for log shippers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Literal
+
+LogFormat = Literal["auto", "text", "journal", "json"]
+
+_SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<prio>logger: message`` with no timestamp (journald adds its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        text = f"<{prio}>{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info).replace("\n", f"\n<{prio}>")
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and exc when present)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj)
+
+
+def resolve_format(fmt: LogFormat) -> Literal["text", "journal", "json"]:
+    if fmt != "auto":
+        return fmt
+    return "journal" if os.environ.get("JOURNAL_STREAM") else "text"
+
+
+def setup_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:
+    """Configure the root logger once for the whole process (replacing earlier set-up)."""
+    handler = logging.StreamHandler(sys.stderr)
+    kind = resolve_format(fmt)
+    if kind == "journal":
+        handler.setFormatter(JournalFormatter())
+    elif kind == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # qemu.qmp logs each refused connect at ERROR; balloond reports link trouble itself.
+    logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)

@@ -1,0 +1,139 @@
+"""The small adapters at the edges: sizes, QMP stats records, /proc parsing, discovery."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balloond.discovery import discover, name_from_path
+from balloond.host import parse_meminfo, parse_psi_some_avg10, read_host
+from balloond.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
+from balloond.units import GiB, MiB, fmt_size, parse_percent, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("512MiB", 512 * MiB),
+        ("2GiB", 2 * GiB),
+        ("1.5G", int(1.5 * GiB)),
+        ("1048576", MiB),
+        ("64 mib", 64 * MiB),
+        ("1GB", 10**9),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-5MiB", "5 parsecs", "", "1e99GiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"size|unit"):
+        parse_size(text)
+
+
+def test_parse_percent() -> None:
+    assert parse_percent("12.5%") == 12.5
+    with pytest.raises(ValueError, match="above 100"):
+        parse_percent("150%")
+    with pytest.raises(ValueError, match="percentage"):
+        parse_percent("12")
+
+
+@given(st.integers(min_value=0, max_value=1 << 44))
+def test_fmt_size_round_trips_within_display_precision(n: int) -> None:
+    text = fmt_size(n)
+    half_unit = {"GiB": GiB // 20, "MiB": MiB // 2, "KiB": 512}.get(text[-3:], 0)
+    assert abs(parse_size(text) - n) <= half_unit + 1
+
+
+def _qmp_stats(**values: int) -> dict[str, object]:
+    stats = dict.fromkeys(QMP_STAT_NAMES[:10], QMP_NOT_REPORTED)
+    stats.update(values)
+    return {"last-update": 1700000000, "stats": stats}
+
+
+def test_stats_from_qmp_maps_not_reported_to_none() -> None:
+    reply = _qmp_stats(**{"stat-total-memory": 512 * MiB, "stat-available-memory": 300 * MiB})
+    stats = BalloonStats.from_qmp(reply)
+    assert stats.total_bytes == 512 * MiB
+    assert stats.available_bytes == 300 * MiB
+    assert stats.free_bytes is None
+    assert stats.oom_kills is None  # QEMU 7.2 does not have it at all
+    assert stats.valid
+    assert BalloonStats.from_qmp(stats.to_qmp()) == stats
+
+
+def test_stats_before_first_report_are_not_valid() -> None:
+    stats = BalloonStats.from_qmp({"last-update": 0, "stats": _qmp_stats()["stats"]})
+    assert not stats.valid
+    assert stats.total_bytes is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [],
+        {"last-update": -1, "stats": {}},
+        {"last-update": "soon", "stats": {}},
+        {"last-update": 1, "stats": []},
+        {"last-update": 1, "stats": {"stat-free-memory": "many"}},
+        {"last-update": 1, "stats": {"stat-free-memory": -3}},
+    ],
+)
+def test_stats_odd_replies_are_clear_errors(reply: object) -> None:
+    with pytest.raises(ValueError, match="guest-stats"):
+        BalloonStats.from_qmp(reply)  # type: ignore[arg-type]
+
+
+def test_meminfo_and_psi() -> None:
+    info = parse_meminfo("MemTotal:  1000 kB\nMemAvailable:   500 kB\nHugePages_Total:  4\n")
+    assert info == {"MemTotal": 1024000, "MemAvailable": 512000, "HugePages_Total": 4}
+    psi = (
+        "some avg10=1.50 avg60=0.20 avg300=0.00 total=12\nfull avg10=0.00 avg60=0 avg300=0 total=0"
+    )
+    assert parse_psi_some_avg10(psi) == 1.5
+    assert parse_psi_some_avg10("") is None
+
+
+def test_read_host_from_files(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 2048 kB\nMemFree: 100 kB\nMemAvailable: 1024 kB\n")
+    snap = read_host(meminfo=meminfo, pressure=tmp_path / "absent")
+    assert (snap.total_bytes, snap.available_bytes, snap.psi_some_avg10) == (2 * MiB, MiB, None)
+    bad = tmp_path / "bad"
+    bad.write_text("nothing useful\n")
+    with pytest.raises(ValueError, match="MemTotal"):
+        read_host(meminfo=bad, pressure=tmp_path / "absent")
+
+
+def test_read_host_on_this_machine() -> None:
+    snap = read_host()
+    assert 0 < snap.available_bytes <= snap.total_bytes
+
+
+def test_discover_static_and_globs(tmp_path: Path) -> None:
+    socks = []
+    for name in ("101", "vm two"):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(tmp_path / f"{name}.qmp"))
+        socks.append(s)
+    (tmp_path / "notasocket.qmp").write_text("")
+    try:
+        found = discover(
+            static=[("static", Path("/nonexistent/static.qmp"))],
+            globs=[str(tmp_path / "*.qmp")],
+        )
+    finally:
+        for s in socks:
+            s.close()
+    assert found == {
+        "static": Path("/nonexistent/static.qmp"),
+        "101": tmp_path / "101.qmp",
+        "vm_two": tmp_path / "vm two.qmp",
+    }
+    assert name_from_path(Path("/x/a;b.qmp")) == "a_b"
