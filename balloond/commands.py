@@ -1,0 +1,339 @@
+"""The command layer shared by ``balloonctl`` (control socket) and MQTT.
+
+A request is a JSON object with an ``op``; it is validated by a pydantic model here, so a
+bad payload becomes a :class:`~balloond.errors.RequestError` with a stable ``code`` and a
+message naming what is wrong, whatever transport carried it. Every request gets exactly
+one reply::
+
+    {"ok": true, "result": ...}
+    {"ok": false, "error": {"code": "unknown_guest", "message": "no guest named 'x'"}}
+
+Operations: ``status`` (all guests, or one), ``set`` (manual target, optional hold),
+``pause``, ``resume``, ``policy`` (switch a guest's policy), ``explain``, ``reload``.
+Sizes are ``"512MiB"``-style strings or integer bytes; durations are seconds or ``"10m"``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from balloond.controller import GuestController, Intent, Mode
+from balloond.errors import OutOfBoundsError, RequestError, UnknownGuestError
+from balloond.units import MiB, fmt_size, parse_size
+
+if TYPE_CHECKING:
+    from balloond.daemon import Daemon
+
+#: Requests larger than this are refused before parsing (a hostile payload guard).
+MAX_REQUEST_BYTES = 64 * 1024
+#: The smallest manual target accepted, whatever the policy says: below this a Linux
+#: guest cannot run.
+ABSOLUTE_MIN_BYTES = 64 * MiB
+MAX_HOLD_S = 366 * 24 * 3600.0
+OPS = ("status", "set", "pause", "resume", "policy", "explain", "reload")
+READ_ONLY_OPS = frozenset({"status", "explain"})
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float) -> float:
+    """``"90"``, ``"10m"``, ``"2h"``, ``"1d"`` or a number -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or e.g. '10m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (expected e.g. '90', '10m', '2h')")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not 0 < seconds <= MAX_HOLD_S:
+        raise ValueError(f"duration must be between 0 and {MAX_HOLD_S:.0f} seconds")
+    return seconds
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: Echoed in the reply; MQTT 3.1.1 clients match replies by it.
+    id: Annotated[str, Field(max_length=128)] | int | None = None
+
+
+class StatusReq(_Req):
+    op: Literal["status"]
+    guest: str | None = None
+
+
+class SetReq(_Req):
+    op: Literal["set"]
+    guest: str
+    size: int | str
+    hold: float | str | None = None  # seconds or "10m"; None: until resumed
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        if isinstance(v, str):
+            parse_size(v)  # raises ValueError with a clear message
+        elif v <= 0:
+            raise ValueError("size must be positive")
+        return v
+
+    @field_validator("hold")
+    @classmethod
+    def _hold(cls, v: float | str | None) -> float | str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    def size_bytes(self) -> int:
+        return parse_size(self.size) if isinstance(self.size, str) else self.size
+
+
+class PauseReq(_Req):
+    op: Literal["pause", "resume"]
+    guest: str | None = None
+    all: bool = False
+
+
+class PolicyReq(_Req):
+    op: Literal["policy"]
+    guest: str
+    policy: str | None = None  # None: back to the policy the config assigns
+
+
+class ExplainReq(_Req):
+    op: Literal["explain"]
+    guest: str
+
+
+class ReloadReq(_Req):
+    op: Literal["reload"]
+
+
+Request = Annotated[
+    StatusReq | SetReq | PauseReq | PolicyReq | ExplainReq | ReloadReq, Field(discriminator="op")
+]
+_REQUEST = TypeAdapter(Request)
+
+
+def parse_request(payload: bytes | str | dict[str, Any]) -> Request:
+    """Validate a request; raise RequestError naming what is wrong."""
+    if isinstance(payload, bytes | str):
+        if len(payload) > MAX_REQUEST_BYTES:
+            raise RequestError(f"request too large ({len(payload)} bytes > {MAX_REQUEST_BYTES})")
+        try:
+            payload = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestError(f"bad JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError("a request is a JSON object with an 'op'")
+    op = payload.get("op")
+    if op not in OPS:
+        err = RequestError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+        err.code = "unknown_op"
+        raise err
+    try:
+        return _REQUEST.validate_python(payload)
+    except ValidationError as exc:
+        raise RequestError(_describe(exc)) from None
+
+
+def request_id(payload: bytes | str | dict[str, Any]) -> str | int | None:
+    """The ``id`` of a request, if one can be read even from an invalid request."""
+    try:
+        obj = json.loads(payload) if isinstance(payload, bytes | str) else payload
+    except (ValueError, UnicodeDecodeError):
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"] if not str(p).endswith("Req"))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def error_reply(exc: RequestError, rid: str | int | None = None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"ok": False, "error": {"code": exc.code, "message": str(exc)}}
+    if rid is not None:
+        reply["id"] = rid
+    return reply
+
+
+class Commands:
+    """Executes validated requests against a running :class:`~balloond.daemon.Daemon`.
+
+    ``allowed`` restricts the operations (e.g. MQTT configured read-only).
+    """
+
+    def __init__(self, daemon: Daemon, *, allowed: Iterable[str] = OPS) -> None:
+        self.daemon = daemon
+        self.allowed = frozenset(allowed)
+
+    async def handle(self, payload: bytes | str | dict[str, Any]) -> dict[str, Any]:
+        """Parse, check, execute; always returns exactly one reply object."""
+        rid = request_id(payload)
+        try:
+            req = parse_request(payload)
+            if req.op not in self.allowed:
+                err = RequestError(f"operation {req.op!r} is not permitted here")
+                err.code = "not_permitted"
+                raise err
+            result = await self.execute(req)
+        except RequestError as exc:
+            return error_reply(exc, rid)
+        reply: dict[str, Any] = {"ok": True, "result": result}
+        if rid is not None:
+            reply["id"] = rid
+        return reply
+
+    def _guest(self, name: str) -> GuestController:
+        try:
+            return self.daemon.guests[name]
+        except KeyError:
+            raise UnknownGuestError(f"no guest named {name!r}") from None
+
+    def _targets(self, req: PauseReq) -> list[GuestController]:
+        if req.all == (req.guest is not None):
+            raise RequestError(f"{req.op}: name one guest or give all=true")
+        return list(self.daemon.guests.values()) if req.all else [self._guest(req.guest or "")]
+
+    async def execute(self, req: Request) -> Any:
+        d = self.daemon
+        if isinstance(req, StatusReq):
+            if req.guest is not None:
+                return guest_status(self._guest(req.guest))
+            return d.status()
+        if isinstance(req, SetReq):
+            ctrl = self._guest(req.guest)
+            size = req.size_bytes()
+            check_bounds(ctrl, size)
+            hold = parse_duration(req.hold) if req.hold is not None else None
+            ctrl.set_intent(
+                Intent(
+                    mode=Mode.MANUAL,
+                    manual_target_bytes=size,
+                    hold_until=time.time() + hold if hold else None,
+                    policy_override=ctrl.intent.policy_override,
+                )
+            )
+            d.intents_changed()
+            return guest_status(ctrl)
+        if isinstance(req, PauseReq):
+            changed = []
+            for ctrl in self._targets(req):
+                mode = Mode.PAUSED if req.op == "pause" else Mode.AUTO
+                ctrl.set_intent(Intent(mode=mode, policy_override=ctrl.intent.policy_override))
+                changed.append(ctrl.name)
+            d.intents_changed()
+            return {"guests": changed, "mode": "paused" if req.op == "pause" else "auto"}
+        if isinstance(req, PolicyReq):
+            ctrl = self._guest(req.guest)
+            if req.policy is not None and req.policy not in d.config.policies:
+                known = ", ".join(sorted(d.config.policies))
+                raise RequestError(f"no policy named {req.policy!r}; known: {known}")
+            ctrl.set_intent(
+                Intent(
+                    mode=ctrl.intent.mode,
+                    manual_target_bytes=ctrl.intent.manual_target_bytes,
+                    hold_until=ctrl.intent.hold_until,
+                    policy_override=req.policy,
+                )
+            )
+            d.refresh_policy(ctrl)
+            d.intents_changed()
+            return guest_status(ctrl)
+        if isinstance(req, ExplainReq):
+            return explain(self._guest(req.guest))
+        if isinstance(req, ReloadReq):
+            error = d.reload()
+            if error is not None:
+                err = RequestError(f"reload refused, old config kept: {error}")
+                err.code = "bad_config"
+                raise err
+            return {"reloaded": str(d.config_path) if d.config_path else None}
+        raise RequestError(f"unhandled op {req.op!r}")  # pragma: no cover
+
+
+def check_bounds(ctrl: GuestController, size: int) -> None:
+    """A manual target must lie within what the guest can take."""
+    boot = ctrl.link.boot_bytes
+    policy = ctrl.policy
+    low = max(ABSOLUTE_MIN_BYTES, policy.min_size_bytes if policy else 0)
+    high = boot if boot is not None else None
+    if high is None:
+        raise RequestError(f"guest {ctrl.name!r} is not connected; its bounds are unknown")
+    if not low <= size <= high:
+        raise OutOfBoundsError(
+            f"{fmt_size(size)} is outside {ctrl.name}'s bounds {fmt_size(low)}..{fmt_size(high)}"
+        )
+
+
+def guest_status(ctrl: GuestController) -> dict[str, Any]:
+    """One guest's state for status tables, MQTT retained topics and scripts (bytes)."""
+    last = ctrl.history[-1] if ctrl.history else None
+    stats = last.stats if last else None
+    decision = ctrl.last_decision
+    action = ctrl.last_action
+    intent = ctrl.intent
+    return {
+        "name": ctrl.name,
+        "state": ctrl.link.state.value,
+        "mode": intent.mode.value,
+        "policy": ctrl.policy_name,
+        "boot_bytes": ctrl.link.boot_bytes,
+        "actual_bytes": last.actual_bytes if last else None,
+        "target_bytes": ctrl.target_bytes,
+        "available_bytes": stats.available_bytes if stats else None,
+        "manual_target_bytes": intent.manual_target_bytes,
+        "hold_until": intent.hold_until,
+        "host_cap_bytes": ctrl.host_cap_bytes,
+        "last_decision": (
+            {"reason": str(decision.reason), "explanation": decision.explanation}
+            if decision
+            else None
+        ),
+        "last_action": (
+            {k: action[k] for k in ("time", "actor", "old_bytes", "new_bytes", "reason")}
+            if action
+            else None
+        ),
+    }
+
+
+def explain(ctrl: GuestController) -> dict[str, Any]:
+    """What the engine would decide for this guest now, and why."""
+    decision = ctrl.explain()
+    status = guest_status(ctrl)
+    if decision is None:
+        why = (
+            f"no decision: link is {ctrl.link.state.value}"
+            if not ctrl.history
+            else "no decision: waiting for stats"
+        )
+        return {**status, "decision": None, "explanation": why}
+    return {
+        **status,
+        "decision": {
+            "target_bytes": decision.target_bytes,
+            "reason": str(decision.reason),
+            "explanation": decision.explanation,
+        },
+        "explanation": decision.explanation,
+        "note": (
+            f"automation is {ctrl.intent.mode.value}: this is what the engine would do"
+            if ctrl.intent.mode is not Mode.AUTO
+            else None
+        ),
+    }

@@ -1,0 +1,376 @@
+"""One guest under control: the loop that polls it, asks the engine, and moves its balloon.
+
+A :class:`GuestController` owns its guest's :class:`~balloond.link.GuestLink` and is the only
+writer of that guest's balloon target. Everything else (the control socket, MQTT, the host
+planner) changes the controller's *intent* (mode, manual target, host cap) and wakes it;
+the loop then acts. That keeps one guest's QMP traffic strictly ordered and makes a slow
+or hung QEMU cost only its own task.
+
+Each cycle: read stats and ``actual`` (each under the QMP timeout), notice changes balloond
+did not make (the guest's own deflate-on-oom, another QMP client) and accept them rather
+than fight, ask the pure engine for a decision, apply it (unless dry-run or paused), audit
+it, and sleep until the next interval or until a BALLOON_CHANGE event or a command wakes
+the loop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from balloond.audit import AuditLog
+from balloond.errors import LinkError, NoBalloonError, QMPCommandError
+from balloond.link import GuestEvent, GuestLink, LinkState
+from balloond.policy import Decision, GuestView, ResolvedPolicy, decide
+from balloond.stats import GuestSample
+from balloond.units import MiB, fmt_size
+
+#: A change of ``actual`` smaller than this is rounding in the guest driver, not a change.
+ACTUAL_TOLERANCE_BYTES = 4 * MiB
+#: How long a guest without a balloon device waits before the link looks again
+#: (a device can be hot-plugged).
+NO_DEVICE_RECHECK_S = 30.0
+
+
+class Mode(enum.Enum):
+    """Who decides this guest's target."""
+
+    AUTO = "auto"  # the policy engine
+    MANUAL = "manual"  # an operator's target, held until resumed or the hold expires
+    PAUSED = "paused"  # nobody: the balloon is left as it is
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What the operator asked of this guest; persisted by the state store.
+
+    ``hold_until`` is wall-clock (epoch seconds) so that it survives a restart.
+    """
+
+    mode: Mode = Mode.AUTO
+    manual_target_bytes: int | None = None
+    hold_until: float | None = None
+    policy_override: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The loop's clock settings, from ``[daemon]``."""
+
+    poll_interval_s: float
+    qmp_timeout_s: float
+    connect_timeout_s: float
+    history_len: int
+
+
+class GuestController:
+    """Polls one guest and applies decisions. Run :meth:`run` as the guest's task."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        link: GuestLink,
+        policy_name: str,
+        policy_for: Callable[[int], ResolvedPolicy],
+        timing: Timing,
+        audit: AuditLog,
+        dry_run: bool = False,
+        intent: Intent | None = None,
+        on_change: Callable[[GuestController, dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.link = link
+        self.policy_name = policy_name
+        self._policy_for = policy_for
+        self.timing = timing
+        self.audit = audit
+        self.dry_run = dry_run
+        self.intent = intent or Intent()
+        self._on_change = on_change
+        self._clock = clock
+        self._wall = wall_clock
+        self.log = logging.getLogger(f"balloond.guest.{name}")
+        self.history: deque[GuestSample] = deque(maxlen=max(2, timing.history_len))
+        self.target_bytes: int | None = None
+        self.last_deflate_s: float | None = None
+        self.external_change_s: float | None = None
+        self.host_cap_bytes: int | None = None
+        self.last_decision: Decision | None = None
+        self.last_action: dict[str, Any] | None = None
+        self.decisions = Counter[str]()
+        self._policy: ResolvedPolicy | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        link.on_event = self._on_event
+
+    def __repr__(self) -> str:
+        return f"<GuestController {self.name} {self.link.state.value} {self.intent.mode.value}>"
+
+    # --- intent, from commands and the supervisor -----------------------------------------
+    def wake(self) -> None:
+        """Make the loop run a cycle now instead of at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current step and return."""
+        self._stopping = True
+        self._wake.set()
+
+    def set_intent(self, intent: Intent) -> None:
+        self.intent = intent
+        self.wake()
+
+    def set_policy(self, name: str, policy_for: Callable[[int], ResolvedPolicy]) -> None:
+        """Switch policy (reload, or an operator's choice) without losing history."""
+        self.policy_name = name
+        self._policy_for = policy_for
+        self._policy = None
+        self.wake()
+
+    @property
+    def policy(self) -> ResolvedPolicy | None:
+        """The policy resolved against this guest's boot memory (None until connected)."""
+        if self._policy is None and self.link.boot_bytes is not None:
+            self._policy = self._policy_for(self.link.boot_bytes)
+        return self._policy
+
+    def view(self) -> GuestView | None:
+        """A frozen view of this guest for the engine and the host planner."""
+        if self.link.boot_bytes is None or not self.history:
+            return None
+        return GuestView(
+            name=self.name,
+            boot_bytes=self.link.boot_bytes,
+            history=tuple(self.history),
+            target_bytes=self.target_bytes,
+            last_deflate_s=self.last_deflate_s,
+            external_change_s=self.external_change_s,
+        )
+
+    def explain(self) -> Decision | None:
+        """What the engine would decide now, from the same pure function the loop uses."""
+        view, policy = self.view(), self.policy
+        if view is None or policy is None:
+            return None
+        return decide(
+            guest=view,
+            policy=policy,
+            host_cap_bytes=self.host_cap_bytes,
+            now_s=self._clock(),
+            poll_interval_s=self.timing.poll_interval_s,
+        )
+
+    # --- the loop -------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, poll and act until ``stop`` is set or :meth:`stop` is called."""
+        interval = max(1, round(self.timing.poll_interval_s))
+        try:
+            while not self._done(stop):
+                if not self.link.state.connected:
+                    ok = await self.link.connect_with_retry(
+                        attempt_timeout_s=self.timing.connect_timeout_s, stop=stop
+                    )
+                    if not ok or self._done(stop):
+                        break
+                    self.history.clear()
+                    self._policy = None
+                    if self.link.state is LinkState.NO_DEVICE:
+                        self.log.warning("no virtio-balloon device: left alone")
+                    else:
+                        await self._guard(
+                            self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
+                        )
+                if self.link.state is LinkState.NO_DEVICE:
+                    await self._sleep(NO_DEVICE_RECHECK_S, stop)
+                    await self.link.connect_with_retry(
+                        attempt_timeout_s=self.timing.connect_timeout_s, stop=stop
+                    )
+                    continue
+                started = self._clock()
+                await self._guard(self._cycle())
+                await self._sleep(self.timing.poll_interval_s - (self._clock() - started), stop)
+        finally:
+            await self.link.close()
+
+    def _done(self, stop: asyncio.Event) -> bool:
+        return self._stopping or stop.is_set()
+
+    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
+        if seconds <= 0 or self._done(stop):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _guard(self, step: Any) -> None:
+        """Run one step; link trouble is the link's state, not the loop's end."""
+        try:
+            await step
+        except LinkError as exc:
+            self.log.debug("cycle: %s", exc)
+        except NoBalloonError as exc:
+            self.log.warning("%s", exc)
+        except QMPCommandError as exc:
+            self.log.warning("QMP: %s", exc)
+
+    async def _cycle(self) -> None:
+        timeout = self.timing.qmp_timeout_s
+        stats = await self.link.read_stats(timeout_s=timeout)
+        actual = await self.link.query_actual(timeout_s=timeout)
+        now = self._clock()
+        sample = GuestSample(t_s=now, actual_bytes=actual, stats=stats if stats.valid else None)
+        self._notice_external(sample)
+        self.history.append(sample)
+        if self.link.state is LinkState.NO_DRIVER:
+            return
+        await self._act()
+
+    def _notice_external(self, sample: GuestSample) -> None:
+        """Accept a balloon move balloond did not make instead of fighting it.
+
+        It is external when ``actual`` moved *away* from the target balloond last set: a
+        guest's deflate-on-oom (upwards: memory pressure, so it also counts as a deflate
+        for the cooldown) or another QMP client.
+        """
+        target = self.target_bytes
+        if target is None or not self.history:
+            return
+        before = abs(self.history[-1].actual_bytes - target)
+        after = abs(sample.actual_bytes - target)
+        if after <= before + ACTUAL_TOLERANCE_BYTES or after <= ACTUAL_TOLERANCE_BYTES:
+            return
+        grew = sample.actual_bytes > self.history[-1].actual_bytes
+        self.external_change_s = sample.t_s
+        if grew:
+            self.last_deflate_s = sample.t_s
+        self.log.info(
+            "balloon moved to %s without balloond (target was %s): %s",
+            fmt_size(sample.actual_bytes),
+            fmt_size(target),
+            "the guest deflated it" if grew else "changed by another client",
+        )
+        self._record(
+            actor="guest",
+            old=target,
+            new=sample.actual_bytes,
+            reason="external-change",
+            explanation="balloon moved without balloond; accepted, backing off",
+            sample=sample,
+        )
+        # Adopt the guest's size as the target so QEMU's target matches what is.
+        self.target_bytes = sample.actual_bytes
+
+    async def _act(self) -> None:
+        intent = self.intent
+        expired = intent.hold_until is not None and self._wall() >= intent.hold_until
+        if intent.mode is Mode.MANUAL and expired:
+            self.log.info("manual hold expired: back to automatic")
+            self.intent = intent = Intent(policy_override=intent.policy_override)
+            if self._on_change is not None:
+                self._on_change(self, {"intent": "expired"})
+        if intent.mode is Mode.PAUSED:
+            return
+        if intent.mode is Mode.MANUAL and intent.manual_target_bytes is not None:
+            if self.target_bytes != intent.manual_target_bytes:
+                await self._apply(
+                    intent.manual_target_bytes,
+                    reason="manual",
+                    explanation=f"operator set {fmt_size(intent.manual_target_bytes)}",
+                    actor="operator",
+                )
+            return
+        decision = self.explain()
+        if decision is None:
+            return
+        self.decisions[str(decision.reason)] += 1
+        previous, self.last_decision = self.last_decision, decision
+        if decision.target_bytes is None:
+            return
+        if self.dry_run:
+            if previous is None or previous.target_bytes != decision.target_bytes:
+                self.log.info("dry-run: would %s", decision.explanation)
+                self._record(
+                    actor="engine",
+                    old=self.history[-1].actual_bytes,
+                    new=decision.target_bytes,
+                    reason=str(decision.reason),
+                    explanation=decision.explanation,
+                    sample=self.history[-1],
+                )
+            return
+        await self._apply(
+            decision.target_bytes,
+            reason=str(decision.reason),
+            explanation=decision.explanation,
+            actor="engine",
+        )
+
+    async def _apply(self, target: int, *, reason: str, explanation: str, actor: str) -> None:
+        old = self.history[-1].actual_bytes if self.history else None
+        await self.link.set_target(target, timeout_s=self.timing.qmp_timeout_s)
+        self.target_bytes = target
+        if old is not None and target > old:
+            self.last_deflate_s = self._clock()
+        self.log.info("%s -> %s (%s): %s", fmt_size(old), fmt_size(target), reason, explanation)
+        self._record(
+            actor=actor,
+            old=old,
+            new=target,
+            reason=reason,
+            explanation=explanation,
+            sample=self.history[-1] if self.history else None,
+        )
+
+    def _record(
+        self,
+        *,
+        actor: str,
+        old: int | None,
+        new: int,
+        reason: str,
+        explanation: str,
+        sample: GuestSample | None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "guest": self.name,
+            "actor": actor,
+            "old_bytes": old,
+            "new_bytes": new,
+            "reason": reason,
+            "explanation": explanation,
+            "policy": self.policy_name,
+            "dry_run": self.dry_run,
+            "stats": sample.stats.as_dict() if sample and sample.stats else None,
+        }
+        self.last_action = self.audit.write(record)
+        if self._on_change is not None:
+            self._on_change(self, self.last_action)
+
+    def _on_event(self, event: GuestEvent) -> None:
+        """A BALLOON_CHANGE that moves away from our target is the guest (or someone)
+        acting on its own, often under memory pressure: look at once, not next interval.
+        Progress towards our own target needs no extra cycle."""
+        if event.name != "BALLOON_CHANGE":
+            if event.name in ("SHUTDOWN", "RESET"):
+                self.wake()
+            return
+        actual = event.data.get("actual")
+        target = self.target_bytes
+        if not isinstance(actual, int) or target is None or not self.history:
+            return
+        if (
+            abs(actual - target)
+            > abs(self.history[-1].actual_bytes - target) + ACTUAL_TOLERANCE_BYTES
+        ):
+            self.wake()

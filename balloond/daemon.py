@@ -1,0 +1,332 @@
+"""The supervisor: wires discovery, guest controllers, the host planner and the adapters.
+
+It owns one named task per guest and a few daemon-wide tasks (discovery rescan, host
+planner). A guest task that ends unexpectedly is logged with its traceback and restarted
+after a pause; it never takes another guest down. Shutdown is staged: controllers are
+asked to finish their current step, then waited for within a budget, then cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from balloond.audit import AuditLog
+from balloond.config import Config, load_config
+from balloond.controller import GuestController, Intent, Timing
+from balloond.discovery import discover
+from balloond.errors import ConfigError
+from balloond.host import read_host
+from balloond.link import GuestLink, LinkState, silence_qmp_library_logs
+from balloond.policy import ResolvedPolicy, plan_host
+from balloond.state import StateStore
+from balloond.stats import HostSnapshot
+
+log = logging.getLogger("balloond.daemon")
+
+#: A guest task that crashed is started again after this long.
+RESTART_DELAY_S = 5.0
+#: How long shutdown waits for controllers to finish their step before cancelling them.
+STOP_BUDGET_S = 3.0
+#: Decision reasons that mean the guest needed memory.
+PRESSURE_REASONS = frozenset({"pressure", "oom-risk"})
+
+
+class Daemon:
+    """Runs the control loop for every discovered guest until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        dry_run: bool | None = None,
+        host_reader: Callable[[], HostSnapshot] = read_host,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.dry_run = config.daemon.dry_run if dry_run is None else dry_run
+        self._read_host = host_reader
+        self._clock = clock
+        self.audit = AuditLog(config.daemon.audit_path)
+        self.guests: dict[str, GuestController] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.host: HostSnapshot | None = None
+        self.host_caps: dict[str, int] = {}
+        self.started_s = clock()
+        self.cycles = 0
+        #: Called with (controller, record) for every change and audit record.
+        self.listeners: list[Callable[[GuestController, dict[str, Any]], None]] = []
+        self._stop = asyncio.Event()
+        self._discovered = asyncio.Event()
+        self.store = StateStore(Path(config.daemon.state_dir))
+        #: Intents restored from the state store; kept for guests not (yet) present.
+        self.saved_intents: dict[str, Intent] = self.store.load()
+        #: The last reload's error, shown by `balloonctl status` until a reload succeeds.
+        self.reload_error: str | None = None
+        self.reload_failures = 0
+
+    # --- configuration -------------------------------------------------------------------
+    def timing(self) -> Timing:
+        d = self.config.daemon
+        return Timing(
+            poll_interval_s=d.poll_interval_s,
+            qmp_timeout_s=d.qmp_timeout_s,
+            connect_timeout_s=d.qmp_timeout_s,
+            history_len=max(2, round(d.history_s / d.poll_interval_s)),
+        )
+
+    def _policy_resolver(
+        self, guest: str, intent: Intent | None
+    ) -> tuple[str, Callable[[int], ResolvedPolicy]]:
+        name = intent.policy_override if intent and intent.policy_override else None
+        if name is None or name not in self.config.policies:
+            name = self.config.policy_name_for(guest)
+        policy = self.config.policies[name]
+        return name, policy.resolve
+
+    def reload(self) -> str | None:
+        """Re-read the config file; apply it if valid. Returns the error text, or None."""
+        if self.config_path is None:
+            return "no config file to reload"
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.reload_error = "; ".join(exc.lines())
+            self.reload_failures += 1
+            log.error("reload refused, keeping the running config: %s", self.reload_error)
+            return self.reload_error
+        self.apply_config(config)
+        self.reload_error = None
+        log.info("config reloaded from %s", self.config_path)
+        return None
+
+    def refresh_policy(self, ctrl: GuestController) -> None:
+        """Re-resolve a guest's policy after its override changed."""
+        name, resolver = self._policy_resolver(ctrl.name, ctrl.intent)
+        ctrl.set_policy(name, resolver)
+
+    def intents_changed(self) -> None:
+        """Persist every guest's intent (called after each operator command)."""
+        for name, ctrl in self.guests.items():
+            self.saved_intents[name] = ctrl.intent
+        try:
+            self.store.save(self.saved_intents)
+        except OSError as exc:
+            log.error("cannot save operator state to %s: %s", self.store.path, exc)
+
+    def status(self) -> dict[str, Any]:
+        """Daemon-wide status for balloonctl, MQTT and sd_notify."""
+        from balloond.commands import guest_status
+
+        guests = [guest_status(c) for c in sorted(self.guests.values(), key=lambda c: c.name)]
+        host = self.host
+        return {
+            "guests": guests,
+            "summary": self.summary(),
+            "dry_run": self.dry_run,
+            "config": str(self.config_path) if self.config_path else None,
+            "reload_error": self.reload_error,
+            "host": (
+                {
+                    "total_bytes": host.total_bytes,
+                    "available_bytes": host.available_bytes,
+                    "pressure": bool(self.host_caps),
+                }
+                if host
+                else None
+            ),
+        }
+
+    def summary(self) -> dict[str, int]:
+        """Counts for a one-line status: managed, reclaimed bytes, under pressure."""
+        reclaimed = 0
+        pressured = 0
+        by_state: dict[str, int] = {}
+        for ctrl in self.guests.values():
+            by_state[ctrl.link.state.value] = by_state.get(ctrl.link.state.value, 0) + 1
+            if ctrl.history and ctrl.link.boot_bytes:
+                reclaimed += max(0, ctrl.link.boot_bytes - ctrl.history[-1].actual_bytes)
+            d = ctrl.last_decision
+            if d is not None and str(d.reason) in PRESSURE_REASONS:
+                pressured += 1
+        return {
+            "guests": len(self.guests),
+            "active": by_state.get(LinkState.ACTIVE.value, 0),
+            "reclaimed_bytes": reclaimed,
+            "under_pressure": pressured,
+        }
+
+    def apply_config(self, config: Config) -> None:
+        """Switch to a new, already validated config without dropping links or history."""
+        self.config = config
+        self.audit.close()
+        self.audit = AuditLog(config.daemon.audit_path)
+        timing = self.timing()
+        for name, ctrl in self.guests.items():
+            policy_name, resolver = self._policy_resolver(name, ctrl.intent)
+            ctrl.set_policy(policy_name, resolver)
+            ctrl.timing = timing
+            ctrl.audit = self.audit
+            ctrl.dry_run = self.dry_run or config.daemon.dry_run
+        self.rescan()
+
+    # --- guests --------------------------------------------------------------------------
+    def rescan(self) -> None:
+        """Start controllers for new guests and stop those that went away."""
+        wanted = discover(
+            static=[(g.name, Path(g.qmp)) for g in self.config.guests],
+            globs=self.config.discovery.globs,
+        )
+        for name in list(self.guests):
+            if name not in wanted or wanted[name] != self.guests[name].link.socket_path:
+                log.info("guest %s went away", name)
+                self.guests[name].stop()
+                del self.guests[name]
+        for name, path in wanted.items():
+            if name not in self.guests:
+                self._start_guest(name, path)
+        self._discovered.set()
+
+    def _start_guest(self, name: str, path: Path) -> None:
+        intent = self.saved_intents.get(name)
+        policy_name, resolver = self._policy_resolver(name, intent)
+        ctrl = GuestController(
+            name=name,
+            link=GuestLink(name, path),
+            policy_name=policy_name,
+            policy_for=resolver,
+            timing=self.timing(),
+            audit=self.audit,
+            dry_run=self.dry_run,
+            intent=intent,
+            on_change=self._notify,
+            clock=self._clock,
+        )
+        self.guests[name] = ctrl
+        log.info("guest %s at %s (policy %s)", name, path, policy_name)
+        self._spawn(ctrl)
+
+    def _spawn(self, ctrl: GuestController) -> None:
+        task = asyncio.create_task(self._guard_guest(ctrl), name=f"guest:{ctrl.name}")
+        self._tasks[ctrl.name] = task
+        task.add_done_callback(
+            lambda t, n=ctrl.name: self._tasks.pop(n, None) if self._tasks.get(n) is t else None
+        )
+
+    async def _guard_guest(self, ctrl: GuestController) -> None:
+        while not self._stop.is_set() and self.guests.get(ctrl.name) is ctrl:
+            try:
+                await ctrl.run(self._stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in one guest's handling must not end the daemon or other guests.
+                log.exception(
+                    "guest %s: controller failed; restarting in %.0fs", ctrl.name, RESTART_DELAY_S
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RESTART_DELAY_S):
+                        await self._stop.wait()
+                ctrl.link = GuestLink(ctrl.name, ctrl.link.socket_path, on_event=ctrl.link.on_event)
+
+    def _notify(self, ctrl: GuestController, record: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(ctrl, record)
+            except Exception:
+                log.exception("change listener failed")
+
+    # --- host ----------------------------------------------------------------------------
+    def plan(self) -> None:
+        """Read host memory and hand each guest its cap under host pressure."""
+        try:
+            host = self._read_host()
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read host memory: %s", exc)
+            return
+        self.host = host
+        reserve = self.config.host.reserve_bytes(host.total_bytes)
+        pairs = []
+        for ctrl in self.guests.values():
+            view, policy = ctrl.view(), ctrl.policy
+            if view is not None and policy is not None and ctrl.link.state is LinkState.ACTIVE:
+                pairs.append((view, policy))
+        caps = plan_host(guests=pairs, host=host, reserve_bytes=reserve)
+        if caps != self.host_caps:
+            if caps and not self.host_caps:
+                log.warning(
+                    "host under memory pressure: %d MiB available, reserve %d MiB",
+                    host.available_bytes >> 20,
+                    reserve >> 20,
+                )
+            elif self.host_caps and not caps:
+                log.info("host memory pressure over")
+        self.host_caps = caps
+        for name, ctrl in self.guests.items():
+            ctrl.host_cap_bytes = caps.get(name)
+
+    async def _host_loop(self) -> None:
+        while not self._stop.is_set():
+            self.plan()
+            self.cycles += 1
+            await self._sleep(self.config.daemon.poll_interval_s)
+
+    async def _discovery_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._sleep(self.config.discovery.rescan_interval_s)
+            if not self._stop.is_set():
+                self.rescan()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+        for ctrl in self.guests.values():
+            ctrl.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
+        """Discover, start every guest and the daemon-wide loops; return after a stop."""
+        silence_qmp_library_logs()
+        self.rescan()
+        if on_ready is not None:
+            on_ready()
+        loops = [
+            asyncio.create_task(self._host_loop(), name="host-planner"),
+            asyncio.create_task(self._discovery_loop(), name="discovery"),
+        ]
+        try:
+            await self._stop.wait()
+        finally:
+            self.request_stop()
+            for task in loops:
+                task.cancel()
+            pending = [t for t in list(self._tasks.values()) if not t.done()]
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=STOP_BUDGET_S)
+                for task in late:
+                    log.warning(
+                        "%s did not stop in %.0fs; cancelling", task.get_name(), STOP_BUDGET_S
+                    )
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late, timeout=1.0)
+            await asyncio.gather(*loops, return_exceptions=True)
+            self.intents_changed()
+            self.audit.close()
+            log.info("stopped")

@@ -1,0 +1,87 @@
+"""Running balloond as a service: the daemon plus its adapters, under signals.
+
+``serve()`` builds the :class:`~balloond.daemon.Daemon`, starts each configured adapter
+(control socket, metrics, MQTT, systemd notify) as a named task, and maps signals:
+SIGTERM/SIGINT stop, SIGHUP reloads. An adapter that fails is logged and the daemon
+keeps controlling its guests: adapters serve operators, the control loop serves guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Protocol
+
+from balloond import __version__
+from balloond.config import Config
+from balloond.daemon import Daemon
+
+log = logging.getLogger("balloond")
+
+#: An adapter that fails is started again after this long.
+ADAPTER_RESTART_S = 5.0
+
+
+class Adapter(Protocol):
+    """Something at the edge that runs beside the daemon until ``stop`` is set."""
+
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+def build_adapters(daemon: Daemon) -> list[Adapter]:
+    """The adapters the config asks for (each module adds its own here)."""
+    adapters: list[Adapter] = []
+    return adapters
+
+
+async def _supervise(adapter: Adapter, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await adapter.run(stop)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # An adapter's bug must not end the daemon; guests are still controlled.
+            log.exception("%s failed; restarting in %.0fs", adapter.name, ADAPTER_RESTART_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ADAPTER_RESTART_S):
+                    await stop.wait()
+
+
+async def serve(config: Config, *, config_path: Path | None, dry_run: bool | None) -> int:
+    """Run the daemon and its adapters until SIGTERM or SIGINT; SIGHUP reloads."""
+    daemon = Daemon(config, config_path=config_path, dry_run=dry_run)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stop() -> None:
+        stop.set()
+        daemon.request_stop()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop)
+    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    mode = " (dry run: no balloon will be changed)" if daemon.dry_run else ""
+    log.info("balloond %s starting%s", __version__, mode)
+    tasks = [
+        asyncio.create_task(_supervise(a, stop), name=f"adapter:{a.name}")
+        for a in build_adapters(daemon)
+    ]
+    try:
+        await daemon.run()
+    finally:
+        stop.set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=1.5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    return 0
