@@ -130,7 +130,8 @@ def parse_request(payload: bytes | str | dict[str, Any]) -> Request:
             raise RequestError(f"request too large ({len(payload)} bytes > {MAX_REQUEST_BYTES})")
         try:
             payload = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: deeply nested arrays ("[[[[...") within the size limit.
             raise RequestError(f"bad JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise RequestError("a request is a JSON object with an 'op'")
@@ -149,7 +150,7 @@ def request_id(payload: bytes | str | dict[str, Any]) -> str | int | None:
     """The ``id`` of a request, if one can be read even from an invalid request."""
     try:
         obj = json.loads(payload) if isinstance(payload, bytes | str) else payload
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     rid = obj.get("id") if isinstance(obj, dict) else None
     return rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
