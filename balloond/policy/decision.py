@@ -1,0 +1,104 @@
+"""What the engine answers: a target (or none), a stable reason code and the numbers behind it.
+
+A decision is a frozen value so the supervisor can log it, write it to the audit log, show it in
+``balloonctl explain`` and compare it in tests without caring how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    """Why the engine decided what it did. The values are stable: logs, metrics and the
+    audit log carry them, and operators grep for them.
+
+    Codes that come with a target (a change): pressure, oom-risk, thrashing, guest-deflate,
+    below-floor, idle, above-max, host-pressure, host-recovered, off. The others, and any of
+    those when the balloon cannot move further, come with ``target_bytes=None``.
+    """
+
+    #: Available memory is below ``free_low``: deflate at once.
+    PRESSURE = "pressure"
+    #: The guest OOM-killed a process, or available memory falls fast enough to drop below
+    #: ``free_low`` within a few polls: deflate before it does.
+    OOM_RISK = "oom-risk"
+    #: Swap-in, major faults or allocation stalls rise while available memory is in the lower
+    #: half of the band: the guest is short even though the band looks fine.
+    THRASHING = "thrashing"
+    #: The guest deflated the balloon itself (deflate-on-oom): it is out of memory now.
+    GUEST_DEFLATE = "guest-deflate"
+    #: The guest is below its floor (``min_size``, or used + ``max(free_low, cache_floor)``).
+    BELOW_FLOOR = "below-floor"
+    #: Available memory is above ``free_high``: inflate toward the middle of the band.
+    IDLE = "idle"
+    #: Available memory is inside the band: nothing to do.
+    IN_BAND = "in-band"
+    #: An inflate is due but the balloon was deflated less than ``cooldown_s`` ago.
+    COOLDOWN = "cooldown"
+    #: An inflate is due but someone else moved the balloon less than
+    #: ``external_backoff_s`` ago: balloond does not fight the guest or the operator.
+    EXTERNAL_BACKOFF = "external-backoff"
+    #: The change would be smaller than ``min_change``.
+    MIN_CHANGE = "min-change"
+    #: An inflate is due but the guest is already at its floor.
+    AT_FLOOR = "at-floor"
+    #: A deflate is due (or wanted) but the guest is already at ``max_size``.
+    AT_MAX = "at-max"
+    #: The guest is above ``max_size`` (a new policy, or someone else deflated it).
+    ABOVE_MAX = "above-max"
+    #: The host is short of memory: the guest is squeezed to, or held at, its host cap.
+    HOST_PRESSURE = "host-pressure"
+    #: The host has room again: memory taken for it goes back.
+    HOST_RECOVERED = "host-recovered"
+    #: The guest has not reported balloon statistics (yet).
+    NO_STATS = "no-stats"
+    #: The guest's statistics stopped updating.
+    STALE_STATS = "stale-stats"
+    #: The policy says ``reclaim = "off"``.
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one guest at one moment.
+
+    Amounts are bytes; None where the engine could not know them (no stats).
+    """
+
+    #: The logical size to ask QEMU for; None leaves the balloon as it is.
+    target_bytes: int | None
+    reason: Reason
+    #: One line for logs and ``balloonctl explain``, in MiB and percent for people.
+    explanation: str
+    #: The guest's size now (``actual`` of the latest sample).
+    current_bytes: int | None = None
+    available_bytes: int | None = None
+    #: ``current - available``: what the guest cannot give back (see ``observe``).
+    used_bytes: int | None = None
+    #: No target goes below this: ``max(min_size, used + max(free_low, cache_floor))``,
+    #: itself never above ``max_size``.
+    floor_bytes: int | None = None
+    #: No target goes above this unless the guest is under pressure: ``max_size``, or the
+    #: host cap when one applies.
+    ceiling_bytes: int | None = None
+    free_low_bytes: int | None = None
+    free_high_bytes: int | None = None
+    host_cap_bytes: int | None = None
+    #: How fast available memory falls, bytes per second (0 when steady or rising).
+    decline_bps: float | None = None
+
+    @property
+    def change_bytes(self) -> int:
+        """Signed change the decision asks for: positive deflates (gives memory back)."""
+        if self.target_bytes is None or self.current_bytes is None:
+            return 0
+        return self.target_bytes - self.current_bytes
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict for the audit log and the control socket."""
+        out = asdict(self)
+        out["reason"] = str(self.reason)
+        return out
