@@ -69,6 +69,9 @@ def test_qemu_command_line() -> None:
 @pytest.mark.lab
 async def test_guest_boots_with_the_balloon_driver(lab_guest: LabGuest) -> None:
     assert await lab_guest.run("echo hi") == "hi\n"
+    # Commands reach the shell byte for byte, past busybox's line editor and its limits.
+    assert await lab_guest.run("echo 'a\tb'") == "a\tb\n"
+    assert await lab_guest.run("echo " + "x" * 3000 + " | wc -c") == "3001\n"
     mem_total = (await lab_guest.meminfo())["MemTotal"]
     assert 400 * MiB < mem_total <= 512 * MiB
     assert "virtio_balloon" in await lab_guest.run("lsmod")

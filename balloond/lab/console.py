@@ -2,10 +2,15 @@
 
 The guest runs a root shell on ttyS0, which QEMU exposes as a unix socket. A serial line
 has no framing, so each command is wrapped in markers the shell prints around it; the
-markers are built so that the terminal's echo of the command line never matches them, and
+markers are built so that the shell's echo of the command line never matches them, and
 a run only accepts its own markers, which makes output left over from an earlier command
 (or an interrupted boot-time probe) harmless. stdout and stderr come back separately
 (stderr goes through a file in the guest). One command runs at a time.
+
+The shell reads through busybox's line editor, echo on. That is deliberate: with
+``stty -echo`` ash reads with plain fgets, a SIGCHLD (a background job such as memhog
+ending) interrupts the read, ash takes that for end of input and exits, and as PID 1 its
+exit panics the guest. The editor does impose limits, which ``_command_lines`` works around.
 
 Everything the console prints is also appended to a log file for post-mortems.
 """
@@ -16,7 +21,6 @@ import asyncio
 import contextlib
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -100,17 +104,12 @@ class SerialConsole:
     def closed(self) -> bool:
         return self._eof or self._writer is None
 
-    async def connect(self, socket_path: Path, *, timeout_s: float) -> None:
-        """Connect to QEMU's console socket, retrying until it listens or time runs out."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(socket_path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if time.monotonic() >= deadline:
-                    raise LabError(f"{self.name}: no console at {socket_path}") from exc
-                await asyncio.sleep(0.02)
+    async def connect(self, socket_path: Path) -> None:
+        """Connect to QEMU's console socket (one attempt; LabError if nobody listens)."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise LabError(f"{self.name}: no console at {socket_path}") from exc
         self._writer = writer
         self._log = self.log_path.open("ab")
         self._reader_task = asyncio.create_task(
@@ -206,7 +205,8 @@ class SerialConsole:
                     self._log.write(data)
                     self._log.flush()
                 data = data.replace(b"\r", b"")
-                self._buffer += data
+                if self._lock.locked():  # only a command in flight reads the buffer
+                    self._buffer += data
                 self._tail = (self._tail + data)[-_TAIL_BYTES:]
                 self._changed.set()
         except (ConnectionError, OSError):

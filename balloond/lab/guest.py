@@ -27,7 +27,7 @@ from types import TracebackType
 
 from balloond.errors import LabError
 from balloond.lab.accel import INIT_READY_LINE, choose_accel
-from balloond.lab.console import CommandResult, ConsoleTimeoutError, SerialConsole
+from balloond.lab.console import CommandResult, ConsoleTimeoutError, SerialConsole, shorten
 from balloond.lab.image import LabImage
 from balloond.lab.memhog import Memhog, memhog_command
 from balloond.lab.qemu import QemuConfig, forget, qemu_argv, spawn_qemu
@@ -92,6 +92,7 @@ class LabGuest:
         self._process: asyncio.subprocess.Process | None = None
         self._console: SerialConsole | None = None
         self._memhogs = 0
+        self._qemu_log_offset = 0  # where this start's QEMU output begins in qemu_log
 
     def __repr__(self) -> str:
         return f"<LabGuest {self.name} {self.state.value}>"
@@ -153,20 +154,38 @@ class LabGuest:
             free_page_reporting=self.free_page_reporting,
             driver=self.driver,
         )
-        self.kernel_log.unlink(missing_ok=True)  # QEMU appends; wait_booted reads this boot's
+        # A stale "shell on ttyS0" from the previous boot must not count for this one.
+        self.kernel_log.unlink(missing_ok=True)
+        self._qemu_log_offset = self.qemu_log.stat().st_size if self.qemu_log.exists() else 0
         self._set_state(GuestState.STARTING)
-        self._process = await spawn_qemu(qemu_argv(config), log=self.qemu_log)
-        self._log.debug("QEMU pid %d (%s)", self._process.pid, self.accel)
-        deadline = time.monotonic() + timeout_s
-        while not (qmp_socket.exists() and console_socket.exists()):
-            if not self.running:
-                await self._exited(f"QEMU exited at start: {self._qemu_log_tail()}")
-            if time.monotonic() >= deadline:
-                raise LabError(f"{self.name}: QEMU made no sockets in {timeout_s:g} s")
-            await asyncio.sleep(_POLL_S)
-        self._console = SerialConsole(name=self.name, log_path=self.console_log)
-        await self._console.connect(console_socket, timeout_s=timeout_s)
+        try:
+            self._process = await spawn_qemu(qemu_argv(config), log=self.qemu_log)
+            self._log.debug("QEMU pid %d (%s)", self._process.pid, self.accel)
+            await self._connect(timeout_s=timeout_s)
+        except BaseException:
+            # Also on cancellation: a QEMU whose start failed is nobody's to stop later.
+            if self.running:
+                self.kill(signal.SIGKILL)
+            await self._release_process()
+            self._set_state(GuestState.EXITED)
+            raise
         self._set_state(GuestState.RUNNING)
+
+    async def _connect(self, *, timeout_s: float) -> None:
+        """Wait for QEMU's sockets, then connect the console."""
+        deadline = time.monotonic() + timeout_s
+        console = SerialConsole(name=self.name, log_path=self.console_log)
+        while True:
+            if not self.running:
+                raise LabError(f"{self.name}: QEMU exited at start: {self._qemu_log_tail()}")
+            if self._sockets_exist():
+                with contextlib.suppress(LabError):  # not listening yet
+                    await console.connect(self.console_socket)
+                    self._console = console
+                    return
+            if time.monotonic() >= deadline:
+                raise LabError(f"{self.name}: QEMU's sockets not up in {timeout_s:g} s")
+            await asyncio.sleep(_POLL_S)
 
     async def wait_booted(self, timeout_s: float = 60.0) -> None:
         """Wait until the guest's console shell answers; LabError (with logs) if it does not."""
@@ -197,10 +216,6 @@ class LabGuest:
                 break
             except ConsoleTimeoutError:
                 probe_timeout_s = min(probe_timeout_s * 2, 4.0)
-        # The shell keeps busybox's line editor and the terminal echo: with `stty -echo`
-        # it reads lines with plain fgets, and a SIGCHLD from a background job ending
-        # (memhog being OOM-killed) interrupts that read, which ash takes as end of input:
-        # the shell, PID 1, exits and the guest panics.
         self._set_state(GuestState.BOOTED)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -249,6 +264,7 @@ class LabGuest:
             raise LabError(f"{self.name}: not started")
         async with asyncio.timeout(timeout_s):
             code = await self._process.wait()
+        forget(self._process)
         self._set_state(GuestState.EXITED)
         return code
 
@@ -284,7 +300,7 @@ class LabGuest:
         result = await self.execute(command, timeout_s=timeout_s)
         if check and result.status != 0:
             raise LabError(
-                f"{self.name}: `{command}` exited {result.status}: {result.stderr.strip()}"
+                f"{self.name}: `{shorten(command)}` exited {result.status}: {result.stderr.strip()}"
             )
         return result.stdout
 
@@ -332,6 +348,9 @@ class LabGuest:
             raise LabError(f"{self.name}: not started, so no sockets yet")
         return self._socket_dir / "qmp.sock", self._socket_dir / "con.sock"
 
+    def _sockets_exist(self) -> bool:
+        return all(path.exists() for path in self._sockets())
+
     def _console_or_fail(self) -> SerialConsole:
         if self._console is None or self._console.closed:
             raise LabError(f"{self.name}: no console (state {self.state.value})")
@@ -351,11 +370,6 @@ class LabGuest:
                 f"\nQEMU: {self._qemu_log_tail()}"
             )
 
-    async def _exited(self, message: str) -> None:
-        await self._release_process()
-        self._set_state(GuestState.EXITED)
-        raise LabError(f"{self.name}: {message}")
-
     async def _release_process(self) -> None:
         """Close the console and reap an exited QEMU (the registry forgets it)."""
         if self._console is not None:
@@ -370,12 +384,12 @@ class LabGuest:
         return _tail(self.kernel_log)
 
     def _qemu_log_tail(self) -> str:
-        return _tail(self.qemu_log).strip() or "(no output)"
+        return _tail(self.qemu_log, offset=self._qemu_log_offset).strip() or "(no output)"
 
 
-def _tail(path: Path, n_bytes: int = 3000) -> str:
+def _tail(path: Path, *, offset: int = 0, n_bytes: int = 3000) -> str:
     try:
-        data = path.read_bytes()
+        data = path.read_bytes()[offset:]
     except OSError:
         return "(no log)"
     return data[-n_bytes:].decode(errors="replace")

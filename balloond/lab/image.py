@@ -79,6 +79,13 @@ def build_image(*, cache_dir: Path | None = None, progress: Progress | None = No
     """
     say: Progress = progress or (lambda _line: None)
     root = cache_dir if cache_dir is not None else cache_root()
+    try:
+        return _find_or_build(root, say)
+    except OSError as exc:  # a full disk, a cache dir we may not write...
+        raise LabError(f"building the lab image in {root}: {exc}") from exc
+
+
+def _find_or_build(root: Path, say: Progress) -> LabImage:
     root.mkdir(parents=True, exist_ok=True)
     busybox = _static_busybox()
     source = find_kernel_source(say)
@@ -99,6 +106,8 @@ def build_image(*, cache_dir: Path | None = None, progress: Progress | None = No
                 scratch=Path(scratch),
                 say=say,
             )
+            if target.exists():  # a directory without a manifest is no image: replace it
+                shutil.rmtree(target)
             staged.rename(target)
     return LabImage.load(target)
 

@@ -30,9 +30,8 @@ ACCELS = ("kvm", "tcg")
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
-# pid -> still ours to kill. A pid leaves once its process has been reaped, so the atexit
-# hook can never hit an unrelated process that reused the number.
-_LIVE: set[int] = set()
+# Every QEMU started here and not yet known to be reaped, by pid.
+_LIVE: dict[int, asyncio.subprocess.Process] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +110,14 @@ async def spawn_qemu(argv: list[str], *, log: Path) -> asyncio.subprocess.Proces
             )
     except FileNotFoundError as exc:
         raise LabError(f"{argv[0]} is not installed (Debian: qemu-system-x86)") from exc
-    _LIVE.add(process.pid)
+    _LIVE[process.pid] = process
     return process
 
 
 def forget(process: asyncio.subprocess.Process) -> None:
     """Drop a reaped process from the registry."""
     if process.returncode is not None:
-        _LIVE.discard(process.pid)
+        _LIVE.pop(process.pid, None)
 
 
 def live_pids() -> frozenset[int]:
@@ -143,9 +142,22 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 
 @atexit.register
 def _kill_leftovers() -> None:
-    """Last resort at interpreter exit: SIGKILL and reap every QEMU still registered."""
-    for pid in sorted(_LIVE):
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+    """Last resort at interpreter exit: SIGKILL and reap every QEMU still registered.
+
+    A pid is only signalled while it is still our child: once reaped, the number may
+    belong to an unrelated process.
+    """
+    for pid, process in sorted(_LIVE.items()):
+        if process.returncode is None and _is_our_child(pid):
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
     _LIVE.clear()
+
+
+def _is_our_child(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid()
