@@ -14,6 +14,7 @@ pytest's tmp_path often does not; logs go to ``workdir``:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import enum
 import logging
@@ -36,6 +37,16 @@ from balloond.units import KiB
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _SOCKET_TIMEOUT_S = 10.0
 _POLL_S = 0.02
+
+# Socket directories of guests not yet stopped; removed at exit if a test never stopped one.
+_SOCKET_DIRS: set[Path] = set()
+
+
+@atexit.register
+def _remove_socket_dirs() -> None:
+    for directory in _SOCKET_DIRS:
+        shutil.rmtree(directory, ignore_errors=True)
+    _SOCKET_DIRS.clear()
 
 
 class GuestState(enum.Enum):
@@ -135,6 +146,7 @@ class LabGuest:
             self.accel = await choose_accel(self.image)
         if self._socket_dir is None or not self._socket_dir.is_dir():
             self._socket_dir = Path(tempfile.mkdtemp(prefix="bl-", dir="/tmp"))
+            _SOCKET_DIRS.add(self._socket_dir)
         qmp_socket, console_socket = self._sockets()
         for stale in (qmp_socket, console_socket):
             stale.unlink(missing_ok=True)
@@ -237,6 +249,7 @@ class LabGuest:
         await self._release_process()
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+            _SOCKET_DIRS.discard(self._socket_dir)
             self._socket_dir = None
         if self.state is not GuestState.NEW:
             self._set_state(GuestState.STOPPED)
