@@ -271,8 +271,8 @@ def check_bounds(ctrl: GuestController, size: int) -> None:
     """A manual target must lie within what the guest can take."""
     boot = ctrl.link.boot_bytes
     policy = ctrl.policy
-    low = max(ABSOLUTE_MIN_BYTES, policy.min_size_bytes if policy else 0)
-    high = boot if boot is not None else None
+    low = max(ABSOLUTE_MIN_BYTES, policy.min_bytes if policy else 0)
+    high = policy.max_bytes if policy else boot
     if high is None:
         raise RequestError(f"guest {ctrl.name!r} is not connected; its bounds are unknown")
     if not low <= size <= high:

@@ -268,6 +268,9 @@ class DaemonConfig(_Section):
     history_s: float = Field(
         60.0, gt=0, description="seconds of samples kept per guest for the engine"
     )
+    qmp_timeout_s: float = Field(
+        3.0, gt=0, le=60, description="seconds one QMP call may take before the guest is hung"
+    )
 
     @property
     def audit_path(self) -> Path | None:
@@ -331,6 +334,66 @@ class HostConfig(_Section):
 
     def reserve_bytes(self, host_total_bytes: int) -> int:
         return self.reserve.of(host_total_bytes)
+
+
+#: The longest path a unix socket can have on Linux (sun_path is 108 bytes with its NUL).
+MAX_UNIX_PATH_BYTES = 107
+
+
+def _socket_path(path: Path) -> Path:
+    if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        raise PydanticCustomError(
+            "path",
+            "a unix socket path can have at most {limit} bytes: {path}",
+            {"limit": MAX_UNIX_PATH_BYTES, "path": repr(str(path))},
+        )
+    return path
+
+
+class ControlConfig(_Section):
+    """``[control]``: the unix socket ``balloonctl`` talks to."""
+
+    socket: Annotated[AbsPath, AfterValidator(_socket_path)] | None = Field(
+        None, description="control socket path; default <runtime_dir>/control.sock"
+    )
+
+    def socket_path(self, runtime_dir: Path) -> Path:
+        """The socket's path, ``<runtime_dir>/control.sock`` unless set."""
+        return self.socket if self.socket is not None else runtime_dir / "control.sock"
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9847"`` or ``"[::1]:9847"`` -> (host, port); raises ValueError."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"not an address: {text!r} (expected e.g. '127.0.0.1:9847')")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"put an IPv6 address in brackets: {text!r} (e.g. '[::1]:9847')")
+    if not port_text.isdigit():
+        raise ValueError(f"bad port in {text!r}")
+    port = int(port_text)
+    if not 0 <= port < 65536:
+        raise ValueError(f"port out of range in {text!r}")
+    return host, port
+
+
+def _host_port(value: str) -> str:
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        raise PydanticCustomError("address", "{reason}", {"reason": str(exc)}) from exc
+    return value
+
+
+class MetricsConfig(_Section):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    enabled: bool = Field(True, description="serve GET /metrics")
+    address: Annotated[str, AfterValidator(_host_port)] = Field(
+        "127.0.0.1:9847", description="HOST:PORT to listen on; [::1]:9847 for IPv6"
+    )
 
 
 class Policy(_Section):
@@ -438,6 +501,8 @@ class Config(_Section):
     guests: tuple[StaticGuest, ...] = Field((), description="guests named by hand")
     discovery: DiscoveryConfig = DiscoveryConfig()
     host: HostConfig = HostConfig()
+    control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
     policies: dict[Name, Policy] = Field(
         default_factory=lambda: {DEFAULT_POLICY: Policy()},
         description="policies by name; 'default' always exists",

@@ -28,7 +28,7 @@ from typing import Any
 from balloond.audit import AuditLog
 from balloond.errors import LinkError, NoBalloonError, QMPCommandError
 from balloond.link import GuestEvent, GuestLink, LinkState
-from balloond.policy import Decision, GuestView, ResolvedPolicy, decide
+from balloond.policy import Decision, GuestView, Reason, ResolvedPolicy, decide
 from balloond.stats import GuestSample
 from balloond.units import MiB, fmt_size
 
@@ -106,6 +106,8 @@ class GuestController:
         self.external_change_s: float | None = None
         self.host_cap_bytes: int | None = None
         self.last_decision: Decision | None = None
+        #: The reason of the last engine decision that set a target.
+        self.last_reason: Reason | None = None
         self.last_action: dict[str, Any] | None = None
         self.decisions = Counter[str]()
         self._policy: ResolvedPolicy | None = None
@@ -155,6 +157,7 @@ class GuestController:
             target_bytes=self.target_bytes,
             last_deflate_s=self.last_deflate_s,
             external_change_s=self.external_change_s,
+            last_reason=self.last_reason,
         )
 
     def explain(self) -> Decision | None:
@@ -234,6 +237,8 @@ class GuestController:
         self.history.append(sample)
         if self.link.state is LinkState.NO_DRIVER:
             return
+        if self._stopping:
+            return  # shutting down: start no new balloon change
         await self._act()
 
     def _notice_external(self, sample: GuestSample) -> None:
@@ -315,6 +320,7 @@ class GuestController:
             explanation=decision.explanation,
             actor="engine",
         )
+        self.last_reason = decision.reason
 
     async def _apply(self, target: int, *, reason: str, explanation: str, actor: str) -> None:
         old = self.history[-1].actual_bytes if self.history else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ RESTART_DELAY_S = 5.0
 #: How long shutdown waits for controllers to finish their step before cancelling them.
 STOP_BUDGET_S = 3.0
 #: Decision reasons that mean the guest needed memory.
-PRESSURE_REASONS = frozenset({"pressure", "oom-risk"})
+PRESSURE_REASONS = frozenset({"pressure", "oom-risk", "thrashing", "guest-deflate"})
 
 
 class Daemon:
@@ -71,6 +72,10 @@ class Daemon:
         #: The last reload's error, shown by `balloonctl status` until a reload succeeds.
         self.reload_error: str | None = None
         self.reload_failures = 0
+        #: Set once the first discovery is done (systemd's READY=1).
+        self.ready = asyncio.Event()
+        #: Called with True as a reload starts and False when it ends (systemd's RELOADING=1).
+        self.reload_hooks: list[Callable[[bool], None]] = []
 
     # --- configuration -------------------------------------------------------------------
     def timing(self) -> Timing:
@@ -89,10 +94,19 @@ class Daemon:
         if name is None or name not in self.config.policies:
             name = self.config.policy_name_for(guest)
         policy = self.config.policies[name]
-        return name, policy.resolve
+        return name, functools.partial(policy.resolve, name=name)
 
     def reload(self) -> str | None:
         """Re-read the config file; apply it if valid. Returns the error text, or None."""
+        for hook in self.reload_hooks:
+            hook(True)
+        try:
+            return self._reload()
+        finally:
+            for hook in self.reload_hooks:
+                hook(False)
+
+    def _reload(self) -> str | None:
         if self.config_path is None:
             return "no config file to reload"
         try:
@@ -216,9 +230,11 @@ class Daemon:
     def _spawn(self, ctrl: GuestController) -> None:
         task = asyncio.create_task(self._guard_guest(ctrl), name=f"guest:{ctrl.name}")
         self._tasks[ctrl.name] = task
-        task.add_done_callback(
-            lambda t, n=ctrl.name: self._tasks.pop(n, None) if self._tasks.get(n) is t else None
-        )
+        task.add_done_callback(functools.partial(self._forget_task, ctrl.name))
+
+    def _forget_task(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(name) is task:
+            del self._tasks[name]
 
     async def _guard_guest(self, ctrl: GuestController) -> None:
         while not self._stop.is_set() and self.guests.get(ctrl.name) is ctrl:
@@ -238,6 +254,8 @@ class Daemon:
                 ctrl.link = GuestLink(ctrl.name, ctrl.link.socket_path, on_event=ctrl.link.on_event)
 
     def _notify(self, ctrl: GuestController, record: dict[str, Any]) -> None:
+        if record.get("intent") == "expired":
+            self.intents_changed()  # a hold ran out: a restart must not bring it back
         for listener in self.listeners:
             try:
                 listener(ctrl, record)
@@ -259,7 +277,13 @@ class Daemon:
             view, policy = ctrl.view(), ctrl.policy
             if view is not None and policy is not None and ctrl.link.state is LinkState.ACTIVE:
                 pairs.append((view, policy))
-        caps = plan_host(guests=pairs, host=host, reserve_bytes=reserve)
+        caps = plan_host(
+            guests=pairs,
+            host=host,
+            reserve_bytes=reserve,
+            now_s=self._clock(),
+            poll_interval_s=self.config.daemon.poll_interval_s,
+        )
         if caps != self.host_caps:
             if caps and not self.host_caps:
                 log.warning(
@@ -306,6 +330,7 @@ class Daemon:
         self.rescan()
         if on_ready is not None:
             on_ready()
+        self.ready.set()
         loops = [
             asyncio.create_task(self._host_loop(), name="host-planner"),
             asyncio.create_task(self._discovery_loop(), name="discovery"),
