@@ -1,6 +1,6 @@
 """Logging set-up for a terminal, for journald, or as JSON lines.
 
-Under systemd (``JOURNAL_STREAM`` set) lines carry no timestamp of their own, since
+Under systemd (``JOURNAL_STREAM`` names stderr) lines carry no timestamp of their own, since
 journald stamps them, and start with a syslog priority prefix (``<4>``) so that
 ``journalctl -p warning`` works. On a terminal lines are short and readable. ``json``
 gives one object per line for log shippers.
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Literal
 
 LogFormat = Literal["auto", "text", "journal", "json"]
@@ -51,10 +52,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj)
 
 
+def stderr_is_journal(env: Mapping[str, str] | None = None) -> bool:
+    """True if stderr is the journal stream systemd connected (``JOURNAL_STREAM=dev:ino``).
+
+    Comparing device and inode, as systemd.exec(5) advises, keeps a child that
+    inherited the variable but writes to a terminal or a pipe on the text format.
+    """
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def resolve_format(fmt: LogFormat) -> Literal["text", "journal", "json"]:
     if fmt != "auto":
         return fmt
-    return "journal" if os.environ.get("JOURNAL_STREAM") else "text"
+    return "journal" if stderr_is_journal() else "text"
 
 
 def setup_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None:

@@ -23,6 +23,10 @@ log = logging.getLogger("balloond")
 
 #: An adapter that fails is started again after this long.
 ADAPTER_RESTART_S = 5.0
+#: How long adapters get to finish once the daemon has stopped. They were told to stop at
+#: the same time as the daemon, whose own budget is STOP_BUDGET_S plus 1 s of cancelling,
+#: so the whole stop stays within 5 s, inside systemd's TimeoutStopSec.
+ADAPTER_STOP_S = 1.0
 
 
 class Adapter(Protocol):
@@ -35,7 +39,25 @@ class Adapter(Protocol):
 
 def build_adapters(daemon: Daemon) -> list[Adapter]:
     """The adapters the config asks for (each module adds its own here)."""
-    adapters: list[Adapter] = []
+    from balloond.control import ControlAdapter
+    from balloond.metrics import MetricsAdapter
+    from balloond.notify import NotifyAdapter
+
+    config = daemon.config
+    control_path = config.control.socket_path(config.daemon.runtime_dir)
+    adapters: list[Adapter] = [NotifyAdapter(daemon), ControlAdapter(daemon, path=control_path)]
+    if config.metrics.enabled:
+        adapters.append(MetricsAdapter(daemon, address=config.metrics.address))
+
+    def restart_only(starting: bool) -> None:
+        new = daemon.config
+        if not starting and (
+            new.control.socket_path(new.daemon.runtime_dir) != control_path
+            or new.metrics != config.metrics
+        ):
+            log.warning("[control] and [metrics] changes take effect when balloond restarts")
+
+    daemon.reload_hooks.append(restart_only)
     return adapters
 
 
@@ -78,7 +100,7 @@ async def serve(config: Config, *, config_path: Path | None, dry_run: bool | Non
     finally:
         stop.set()
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=1.5)
+            _, late = await asyncio.wait(tasks, timeout=ADAPTER_STOP_S)
             for task in late:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

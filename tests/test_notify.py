@@ -1,0 +1,193 @@
+"""The sd_notify adapter against a real datagram socket, as systemd would hold it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from balloond.daemon import Daemon
+from balloond.logs import stderr_is_journal
+from balloond.notify import (
+    Notifier,
+    NotifyAdapter,
+    notify_address,
+    status_line,
+    watchdog_interval_s,
+)
+from balloond.units import GiB
+
+
+class Listener:
+    """What systemd's end of NOTIFY_SOCKET sees: one dict per datagram."""
+
+    def __init__(self, address: str | bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.setblocking(False)
+
+    @staticmethod
+    def _parse(data: bytes) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in data.decode().splitlines())
+
+    async def receive(self) -> dict[str, str]:
+        """The next datagram (generous wait)."""
+        loop = asyncio.get_running_loop()
+        return self._parse(await asyncio.wait_for(loop.sock_recv(self.sock, 4096), 10))
+
+    def drain(self) -> list[dict[str, str]]:
+        """Every datagram received so far."""
+        out = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                out.append(self._parse(self.sock.recv(4096)))
+        return out
+
+
+@pytest.fixture
+def path_listener(tmp_path: Path) -> Iterator[tuple[str, Listener]]:
+    address = str(tmp_path / "notify.sock")
+    listener = Listener(address)
+    yield address, listener
+    listener.sock.close()
+
+
+def test_address_forms() -> None:
+    assert notify_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert notify_address("@abstract/name") == b"\0abstract/name"
+    assert notify_address(None) is None
+    assert notify_address("") is None
+    assert notify_address("vsock:2:1234") is None
+
+
+def test_sends_to_a_path_socket(path_listener: tuple[str, Listener]) -> None:
+    address, listener = path_listener
+    notifier = Notifier(address)
+    assert notifier.send(READY=1, STATUS="two\nlines")
+    assert listener.drain()[0] == {"READY": "1", "STATUS": "two lines"}
+    notifier.close()
+
+
+def test_sends_to_an_abstract_socket() -> None:
+    name = f"balloond-test-{os.getpid()}"
+    listener = Listener(b"\0" + name.encode())
+    try:
+        notifier = Notifier(env={"NOTIFY_SOCKET": f"@{name}"})
+        assert notifier.send(WATCHDOG=1)
+        assert listener.drain()[0] == {"WATCHDOG": "1"}
+        notifier.close()
+    finally:
+        listener.sock.close()
+
+
+def test_silent_without_notify_socket() -> None:
+    notifier = Notifier(env={})
+    assert not notifier.enabled
+    assert not notifier.send(READY=1)
+
+
+def test_a_vanished_socket_is_not_fatal(tmp_path: Path) -> None:
+    notifier = Notifier(str(tmp_path / "gone.sock"))
+    assert not notifier.send(READY=1)
+    assert not notifier.send(READY=1)
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "30000000"}) == 15.0
+    pid = str(os.getpid())
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": pid}) == 2.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval_s({}) is None
+    assert watchdog_interval_s({"WATCHDOG_USEC": "x"}) is None
+
+
+def _fake_daemon(**summary: Any) -> Any:
+    """The few Daemon attributes the adapter reads, without guests or a config file."""
+    counts = {"guests": 2, "active": 2, "reclaimed_bytes": 3 * GiB // 2, "under_pressure": 1}
+    counts.update(summary)
+    return SimpleNamespace(
+        summary=lambda: counts,
+        dry_run=False,
+        reload_error=None,
+        ready=asyncio.Event(),
+        reload_hooks=[],
+        cycles=0,
+        config=SimpleNamespace(daemon=SimpleNamespace(poll_interval_s=0.1)),
+    )
+
+
+def test_status_line() -> None:
+    fake = _fake_daemon()
+    assert status_line(cast(Daemon, fake)) == (
+        "2 guests (2 active), 1536MiB reclaimed, 1 under pressure"
+    )
+    fake.reload_error = "policy.x: bad"
+    assert status_line(cast(Daemon, fake)).endswith("last reload refused: policy.x: bad")
+
+
+async def test_watchdog_follows_the_control_loop(path_listener: tuple[str, Listener]) -> None:
+    """Pings while the cycle counter moves; none once it stops; STOPPING at the end."""
+    address, listener = path_listener
+    fake = _fake_daemon()
+    adapter = NotifyAdapter(
+        cast(Daemon, fake), notifier=Notifier(address), watchdog_s=0.1, status_interval_s=0.1
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(adapter.run(stop), name="notify-under-test")
+    try:
+        await asyncio.sleep(0.2)
+        assert listener.drain() == []  # nothing before READY
+        fake.ready.set()
+        assert (await listener.receive())["READY"] == "1"
+        for _ in range(5):
+            fake.cycles += 1
+            await asyncio.sleep(0.1)
+        turning = listener.drain()
+        assert any(m.get("WATCHDOG") == "1" for m in turning)
+        assert any("STATUS" in m for m in turning)
+        # The loop stops turning: after the grace (3 poll intervals) no more pings.
+        await asyncio.sleep(1.0)
+        listener.drain()
+        await asyncio.sleep(0.5)
+        assert not any(m.get("WATCHDOG") for m in listener.drain())
+        fake.cycles += 1
+        await asyncio.sleep(0.3)
+        assert any(m.get("WATCHDOG") == "1" for m in listener.drain())
+
+        for hook in fake.reload_hooks:
+            hook(True)
+        reloading = await listener.receive()
+        assert reloading["RELOADING"] == "1"
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        for hook in fake.reload_hooks:
+            hook(False)
+        while "READY" not in (message := await listener.receive()):
+            pass
+        assert message["READY"] == "1"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    messages = listener.drain()
+    assert messages[-1]["STOPPING"] == "1"
+
+
+async def test_no_socket_means_the_adapter_just_returns() -> None:
+    adapter = NotifyAdapter(cast(Daemon, _fake_daemon()), notifier=Notifier(env={}))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(adapter.run(asyncio.Event()), 1)
+
+
+def test_journal_format_only_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    with (tmp_path / "stderr").open("w") as f, contextlib.redirect_stderr(f):
+        st = os.fstat(f.fileno())
+        assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+        assert not stderr_is_journal({"JOURNAL_STREAM": "garbage"})
+        assert not stderr_is_journal({})
