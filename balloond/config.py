@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,12 +29,14 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainSerializer,
     PlainValidator,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -396,6 +399,110 @@ class MetricsConfig(_Section):
     )
 
 
+# --- mqtt ------------------------------------------------------------------------------
+
+#: What ``[mqtt] allow`` may name: the command layer's operations (a test keeps them equal).
+MqttOp = Literal["status", "set", "pause", "resume", "policy", "explain", "reload"]
+MQTT_OPS: tuple[MqttOp, ...] = ("status", "set", "pause", "resume", "policy", "explain", "reload")
+
+
+def _mqtt_protocol(value: object) -> object:
+    # `protocol = 5`, a TOML integer, means the same as `protocol = "5"`.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _topic_prefix(value: str) -> str:
+    if not value or value.startswith(("/", "$")) or value.endswith("/"):
+        raise PydanticCustomError(
+            "topic", "a topic prefix must not be empty, start with '/' or '$', or end with '/'"
+        )
+    if any(c in value for c in "+#\x00"):
+        raise PydanticCustomError("topic", "a topic prefix cannot contain '+', '#' or NUL")
+    return value
+
+
+def _hostname() -> str:
+    return re.sub(r"[/+#\x00]", "_", socket.gethostname()) or "localhost"
+
+
+class MqttConfig(_Section):
+    """``[mqtt]``: state, events and commands over an MQTT broker; off when absent."""
+
+    host: str = Field("localhost", min_length=1, description="broker host name or address")
+    port: int | None = Field(None, ge=1, le=65535, description="unset: 1883, or 8883 with TLS")
+    client_id: str | None = Field(
+        None, min_length=1, max_length=128, description="unset: balloond-<hostname>"
+    )
+    username: str | None = Field(None, description="unset: connect without credentials")
+    password: SecretStr | None = Field(None, description="inline; prefer password_file")
+    password_file: AbsPath | None = Field(None, description="file holding the password")
+    password_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="variable holding the password"
+    )
+    tls: bool = Field(False, description="TLS with the system's CAs (implied by ca_file)")
+    ca_file: AbsPath | None = Field(None, description="CA bundle that signed the broker")
+    cert_file: AbsPath | None = Field(None, description="client certificate (PEM)")
+    key_file: AbsPath | None = Field(None, description="its key, unless in cert_file")
+    topic_prefix: Annotated[str, AfterValidator(_topic_prefix)] | None = Field(
+        None, description="unset: balloond/<hostname>"
+    )
+    protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_mqtt_protocol)] = Field(
+        "auto", description="auto: v5, or 3.1.1 if the broker refuses v5"
+    )
+    keepalive_s: int = Field(30, ge=5, le=3600, description="seconds between pings")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of every publish and subscription")
+    state_interval_s: float = Field(
+        5.0, ge=0, le=3600, description="least seconds between two states of one guest"
+    )
+    allow: tuple[MqttOp, ...] = Field(MQTT_OPS, description="operations the cmd topic may run")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="limit on each broker call")
+    reconnect_max_s: float = Field(
+        60.0, ge=1, le=3600, description="longest wait between reconnect attempts"
+    )
+    max_queued_events: int = Field(
+        1000, ge=1, le=1_000_000, description="events kept while the broker is slow or away"
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _dedupe(cls, value: tuple[MqttOp, ...]) -> tuple[MqttOp, ...]:
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttConfig:
+        sources = [
+            key
+            for key in ("password", "password_file", "password_env")
+            if getattr(self, key) is not None
+        ]
+        problem = None
+        if len(sources) > 1:
+            problem = f"give one of password, password_file, password_env, not {sources}"
+        elif sources and self.username is None:
+            problem = f"{sources[0]} needs a username"
+        elif self.key_file is not None and self.cert_file is None:
+            problem = "key_file needs cert_file (the client certificate)"
+        if problem is not None:
+            raise PydanticCustomError("mqtt", "{problem}", {"problem": problem})
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.tls_enabled else 1883
+
+    def effective_prefix(self) -> str:
+        return self.topic_prefix or f"balloond/{_hostname()}"
+
+    def effective_client_id(self) -> str:
+        return self.client_id or f"balloond-{_hostname()}"
+
+
 class Policy(_Section):
     """``[policies.NAME]``: how balloond treats the guests assigned to it.
 
@@ -503,6 +610,7 @@ class Config(_Section):
     host: HostConfig = HostConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
+    mqtt: MqttConfig | None = Field(None, description="MQTT state, events, commands; off if absent")
     policies: dict[Name, Policy] = Field(
         default_factory=lambda: {DEFAULT_POLICY: Policy()},
         description="policies by name; 'default' always exists",
