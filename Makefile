@@ -9,7 +9,7 @@ STAMPS := .stamps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Commands the lab and the tests need, and the Debian package that brings each.
 SYSTEM_CMDS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mosquitto:mosquitto \
-               mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc
+               mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc systemd-analyze:systemd
 DURATION ?= 60
 
 .PHONY: help system venv image demo test test-fast lint bench bench-quick clean distclean
