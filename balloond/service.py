@@ -48,6 +48,10 @@ def build_adapters(daemon: Daemon) -> list[Adapter]:
     adapters: list[Adapter] = [NotifyAdapter(daemon), ControlAdapter(daemon, path=control_path)]
     if config.metrics.enabled:
         adapters.append(MetricsAdapter(daemon, address=config.metrics.address))
+    if config.mqtt is not None:
+        from balloond.mqtt import MqttAdapter  # aiomqtt is imported only when MQTT is on
+
+        adapters.append(MqttAdapter(daemon))
 
     def restart_only(starting: bool) -> None:
         new = daemon.config

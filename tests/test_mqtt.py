@@ -1,0 +1,925 @@
+"""The MQTT adapter against a real Mosquitto and real lab guests.
+
+A broker is started per test on a free port on 127.0.0.1 and always stopped. The daemon
+runs in-process (``Daemon`` plus ``MqttAdapter``), except for the ``kill -9`` test, which
+needs a process to kill: there ``balloond run`` is a subprocess. Guests are few (boots
+cost seconds under TCG); tests without a guest need none to show what they show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tomllib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from balloond.commands import MAX_REQUEST_BYTES, OPS, Commands
+from balloond.config import MQTT_OPS, MqttConfig, load_config, parse_config
+from balloond.daemon import Daemon
+from balloond.errors import ConfigError
+from balloond.lab import LabGuest
+from balloond.mqtt import (
+    BrokerState,
+    MqttAdapter,
+    Outbox,
+    StateThrottle,
+    Topics,
+    backoff_s,
+    resolve_password,
+    topic_segment,
+    usable_reply_topic,
+)
+from balloond.units import MiB
+
+GuestFactory = Callable[..., Awaitable[LabGuest]]  # the make_guest fixture
+PREFIX = "test/balloond"
+#: Generous bounds on waits for things that do happen; a test fails, not hangs, if not.
+WAIT_S = 60.0
+
+
+# --- a real broker -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Broker:
+    """One Mosquitto on 127.0.0.1; ``start()`` and ``stop()`` as often as needed (same port).
+
+    ``users``: require these name/password pairs (a file made with ``mosquitto_passwd -b``).
+    """
+
+    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = workdir / "mosquitto.log"
+        self.conf = workdir / "mosquitto.conf"
+        self._process: asyncio.subprocess.Process | None = None
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence false",
+            # As root, mosquitto would switch to its own user, which cannot read pytest's
+            # private tmp dir (the password file): stay whoever runs the tests.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+        ]
+        if users:
+            pwfile = workdir / "mosquitto.passwd"
+            pwfile.touch()
+            for name, password in users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(pwfile), name, password],
+                    check=True,
+                    capture_output=True,
+                )
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        with self.log.open("ab") as out:
+            self._process = await asyncio.create_subprocess_exec(
+                "mosquitto", "-c", str(self.conf), stdout=out, stderr=subprocess.STDOUT
+            )
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if self._process.returncode is not None:
+                    raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.close()
+                    await writer.wait_closed()
+                    return
+                await asyncio.sleep(0.05)
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (make system)")
+    b = Broker(tmp_path)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+# --- a test client -------------------------------------------------------------------------
+
+
+class Peer:
+    """An MQTT client as an operator's tool would be: subscribes, collects, requests."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        v5: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.v5 = v5
+        self.client = aiomqtt.Client(
+            "127.0.0.1",
+            port,
+            username=username,
+            password=password,
+            identifier=f"test-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            timeout=10,
+        )
+        self.messages: list[aiomqtt.Message] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.reply_topic = f"test/replies/{uuid.uuid4().hex[:8]}"
+
+    async def __aenter__(self) -> Peer:
+        await self.client.__aenter__()
+        self._task = asyncio.create_task(self._collect(), name="test:mqtt-peer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self.client.__aexit__(None, None, None)
+
+    async def _collect(self) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in self.client.messages:
+                self.messages.append(message)
+                self._arrived.set()
+
+    async def subscribe(self, *topics: str) -> None:
+        for topic in topics:
+            await self.client.subscribe(topic, qos=1)
+
+    async def wait_for(
+        self, pred: Callable[[aiomqtt.Message], bool], *, timeout_s: float = WAIT_S, start: int = 0
+    ) -> aiomqtt.Message:
+        """The first collected message (from index ``start``) that ``pred`` accepts."""
+        async with asyncio.timeout(timeout_s):
+            seen = start
+            while True:
+                for message in self.messages[seen:]:
+                    if pred(message):
+                        return message
+                seen = len(self.messages)
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def publish_request(self, body: bytes, *, correlation: bytes | None = None) -> None:
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = self.reply_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        await self.client.publish(f"{PREFIX}/cmd", body, qos=1, properties=props)
+
+    async def request(self, req: dict[str, Any], *, prefix: str = PREFIX) -> dict[str, Any]:
+        """One request and its reply: v5 by correlation data, 3.1.1 by ``id``."""
+        mark = len(self.messages)
+        if self.v5:
+            corr = uuid.uuid4().bytes
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = self.reply_topic
+            props.CorrelationData = corr
+            await self.client.publish(f"{prefix}/cmd", json.dumps(req), qos=1, properties=props)
+            reply = await self.wait_for(
+                lambda m: (
+                    m.topic.value == self.reply_topic
+                    and getattr(m.properties, "CorrelationData", None) == corr
+                ),
+                start=mark,
+            )
+        else:
+            rid = uuid.uuid4().hex
+            await self.client.publish(f"{prefix}/cmd", json.dumps({**req, "id": rid}), qos=1)
+            reply = await self.wait_for(
+                lambda m: m.topic.value == f"{prefix}/reply" and _json(m).get("id") == rid,
+                start=mark,
+            )
+        return _json(reply)
+
+    def retained(self, topic: str) -> bytes | None:
+        """The last payload seen on ``topic`` (retained topics: the current value)."""
+        for message in reversed(self.messages):
+            if message.topic.value == topic:
+                return _payload(message)
+        return None
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    raw = message.payload
+    return raw if isinstance(raw, bytes) else str(raw).encode()
+
+
+def _json(message: aiomqtt.Message) -> dict[str, Any]:
+    try:
+        obj = json.loads(_payload(message))
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+async def first_or_exit(
+    proc: asyncio.subprocess.Process, waiting: Awaitable[aiomqtt.Message]
+) -> aiomqtt.Message | None:
+    """What ``waiting`` gives, or None if the process exits first."""
+    got = asyncio.ensure_future(waiting)
+    exited = asyncio.create_task(proc.wait(), name="test:process-exit")
+    try:
+        await asyncio.wait([got, exited], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (got, exited):
+            task.cancel()
+        await asyncio.gather(got, exited, return_exceptions=True)
+    return got.result() if got.done() and not got.cancelled() else None
+
+
+def _replying_to(correlation: bytes) -> Callable[[aiomqtt.Message], bool]:
+    return lambda m: getattr(m.properties, "CorrelationData", None) == correlation
+
+
+def _state_is(name: str, pred: Callable[[dict[str, Any]], bool]) -> Callable[..., bool]:
+    topic = Topics(PREFIX).state(name)
+    return lambda m: m.topic.value == topic and bool(_payload(m)) and pred(_json(m))
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def write_config(
+    tmp_path: Path, *, port: int, guests: Sequence[LabGuest] = (), **mqtt: Any
+) -> Path:
+    """A config for one test: its guests named by hand, MQTT on the test broker."""
+    lines = [
+        "[daemon]",
+        "poll_interval_s = 1.0",
+        f"state_dir = {_toml(tmp_path / 'state')}",
+        f"runtime_dir = {_toml(tmp_path / 'run')}",
+        'log_format = "text"',
+        "[discovery]",
+        "globs = []",
+    ]
+    for g in guests:
+        lines += ["[[guests]]", f"name = {_toml(g.name)}", f"qmp = {_toml(g.qmp_socket)}"]
+    section = {
+        "host": "127.0.0.1",
+        "port": port,
+        "topic_prefix": PREFIX,
+        "state_interval_s": 1.0,
+        "reconnect_max_s": 2.0,
+        "timeout_s": 5.0,
+        **mqtt,
+    }
+    lines.append("[mqtt]")
+    lines += [f"{k} = {_toml(v)}" for k, v in section.items()]
+    path = tmp_path / "balloond.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@asynccontextmanager
+async def running(
+    config_path: Path, *, extra: Sequence[MqttConfig] = ()
+) -> AsyncIterator[tuple[Daemon, MqttAdapter]]:
+    """The daemon and its MQTT adapter in this event loop, stopped at the end.
+
+    ``extra``: more adapters on the same daemon with other settings (e.g. read-only).
+    """
+    daemon = Daemon(load_config(config_path), config_path=config_path)
+    adapter = MqttAdapter(daemon)
+    others = [MqttAdapter(daemon, config=cfg) for cfg in extra]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(daemon.run(), name="test:daemon")]
+    tasks += [
+        asyncio.create_task(a.run(stop), name=f"test:mqtt-{i}")
+        for i, a in enumerate([adapter, *others])
+    ]
+    try:
+        yield daemon, adapter
+    finally:
+        stop.set()
+        daemon.request_stop()
+        async with asyncio.timeout(20):
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+async def wait_active(peer: Peer, name: str) -> dict[str, Any]:
+    """Wait for a guest's retained state to say its stats flow; returns that state."""
+    message = await peer.wait_for(_state_is(name, lambda s: s.get("state") == "active"))
+    return _json(message)
+
+
+def near(actual: int | None, target: int) -> bool:
+    return actual is not None and abs(actual - target) <= 4 * MiB
+
+
+async def wait_actual(peer: Peer, name: str, target: int, *, start: int = 0) -> None:
+    await peer.wait_for(_state_is(name, lambda s: near(s.get("actual_bytes"), target)), start=start)
+
+
+# --- units: config, topics, throttle, backoff, outbox --------------------------------------
+
+
+def test_mqtt_section_is_optional_and_defaults_are_documented() -> None:
+    assert parse_config({}).mqtt is None
+    cfg = parse_config({"mqtt": {}}).mqtt
+    assert cfg is not None
+    assert cfg.effective_port == 1883
+    assert cfg.effective_prefix() == f"balloond/{socket.gethostname()}"
+    assert cfg.allow == MQTT_OPS
+    assert cfg.protocol == "auto"
+    assert MqttConfig(tls=True).effective_port == 8883
+    assert parse_config({"mqtt": {"protocol": 5}}).mqtt == MqttConfig(protocol="5")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"password": "x"}, "needs a username"),
+        ({"username": "u", "password": "x", "password_env": "P"}, "one of"),
+        ({"key_file": "/k.pem"}, "cert_file"),
+        ({"topic_prefix": "a/#"}, "cannot contain"),
+        ({"topic_prefix": "/a"}, "topic prefix"),
+        ({"allow": ["status", "reboot"]}, "allow"),
+        ({"qos": 3}, "qos"),
+        ({"protocol": "4"}, "protocol"),
+        ({"keepalive_s": 0}, "keepalive_s"),
+        ({"brokr": "x"}, "unknown key"),
+    ],
+)
+def test_mqtt_section_rejects(section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"mqtt": section})
+    assert key in "\n".join(info.value.lines())
+
+
+def test_every_key_is_documented_in_the_reference_config() -> None:
+    text = (Path(__file__).parent.parent / "config" / "balloond.toml").read_text("utf-8")
+    block = text[text.index("# [mqtt]\n") :]
+    block = block[: block.index("\n\n")]
+    examples = {}
+    for line in block.splitlines():
+        m = re.match(r"^# ([a-z_]+) = .+$", line)
+        if m:
+            examples[m.group(1)] = line.removeprefix("# ")
+    assert set(examples) == set(MqttConfig.model_fields)
+    for key, line in examples.items():
+        section = tomllib.loads(line)
+        if key.startswith("password"):
+            section["username"] = "balloond"
+        if key == "key_file":
+            section["cert_file"] = "/etc/balloond/mqtt-client.pem"
+        assert parse_config({"mqtt": section}).mqtt is not None, line
+
+
+def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    assert resolve_password(MqttConfig(username="u", password_file=secret)) == "s3cret"
+    monkeypatch.setenv("BALLOOND_TEST_PW", "from-env")
+    from_env = MqttConfig(username="u", password_env="BALLOOND_TEST_PW")
+    assert resolve_password(from_env) == "from-env"
+    inline = parse_config({"mqtt": {"username": "u", "password": "inline"}}).mqtt
+    assert inline is not None
+    assert resolve_password(inline) == "inline"
+    assert "inline" not in repr(inline)
+    assert resolve_password(MqttConfig()) is None
+    with pytest.raises(ConfigError, match="cannot read"):
+        resolve_password(MqttConfig(username="u", password_file=tmp_path / "missing"))
+    monkeypatch.delenv("BALLOOND_TEST_PW")
+    with pytest.raises(ConfigError, match="not set"):
+        resolve_password(from_env)
+
+
+def test_allow_list_names_exactly_the_command_layer_ops() -> None:
+    assert MQTT_OPS == OPS
+
+
+def test_topics_keep_guest_names_apart() -> None:
+    names = ["web", "web/1", "web+1", "web#", "50%", "web_1", "web%2F1"]
+    segments = [topic_segment(n) for n in names]
+    assert len(set(segments)) == len(names)
+    assert all(not any(c in s for c in "/+#") for s in segments)
+    topics = Topics("p")
+    assert topics.state("a/b") == "p/guest/a%2Fb/state"
+    assert usable_reply_topic("clients/me/reply", topics)
+    assert usable_reply_topic("p/reply", topics)
+    for bad in ("", "a/+/b", "a/#", "$SYS/x", "a\x00b", "p/cmd", "p/status", "p/guest/x/state"):
+        assert not usable_reply_topic(bad, topics)
+
+
+def test_state_throttle_publishes_changes_at_most_once_per_interval() -> None:
+    t = StateThrottle()
+    due, _ = t.due({"a": b"1", "b": b"1"}, now_s=0.0, interval_s=5.0)
+    assert due == [("a", b"1"), ("b", b"1")]
+    for name, payload in due:
+        t.mark_sent(name, payload, now_s=0.0)
+    # unchanged: nothing; changed too soon: held back, with the time it falls due
+    due, next_due = t.due({"a": b"1", "b": b"2"}, now_s=1.0, interval_s=5.0)
+    assert due == []
+    assert next_due == 5.0
+    # ...then the latest value goes out, once
+    due, _ = t.due({"a": b"1", "b": b"3"}, now_s=5.0, interval_s=5.0)
+    assert due == [("b", b"3")]
+    t.mark_sent("b", b"3", now_s=5.0)
+    # a guest that went away: its retained topic is cleared with an empty payload
+    due, _ = t.due({"b": b"3"}, now_s=6.0, interval_s=5.0)
+    assert due == [("a", b"")]
+    t.mark_sent("a", b"", now_s=6.0)
+    assert "a" not in t.sent
+    # after a reconnect everything goes out again at once, rate limit or not
+    t.force_all()
+    due, _ = t.due({"b": b"3"}, now_s=6.5, interval_s=5.0)
+    assert due == [("b", b"3")]
+
+
+def test_backoff_is_exponential_capped_and_randomised() -> None:
+    low = [backoff_s(n, cap_s=30.0, rand=lambda: 0.0) for n in range(10)]
+    high = [backoff_s(n, cap_s=30.0, rand=lambda: 1.0) for n in range(10)]
+    assert low[:3] == [0.25, 0.5, 1.0]
+    assert high[:3] == [0.5, 1.0, 2.0]
+    assert max(high) == 30.0
+    assert high[-1] == 30.0
+    assert backoff_s(10_000, cap_s=30.0) <= 30.0
+    rng = random.Random(1)
+    assert len({backoff_s(5, cap_s=30.0, rand=rng.random) for _ in range(20)}) > 1
+
+
+def test_outbox_is_bounded_and_drops_oldest_events() -> None:
+    box = Outbox(max_events=3)
+    for i in range(5):
+        box.put_event({"n": i})
+    assert [e["n"] for e in box.events] == [2, 3, 4]
+    assert box.dropped_events == 2
+    assert box.wake.is_set()
+
+
+# --- against a real broker, no guest needed -------------------------------------------------
+
+
+@pytest.mark.broker
+async def test_online_offline_and_read_only(broker: Broker, tmp_path: Path) -> None:
+    """Status is retained; a clean stop says offline; the allow-list refuses what it omits."""
+    path = write_config(tmp_path, port=broker.port, allow=["status", "explain"])
+    async with Peer(broker.port) as peer:
+        await peer.subscribe(f"{PREFIX}/status", f"{peer.reply_topic}", f"{PREFIX}/reply")
+        async with running(path) as (_daemon, adapter):
+            await peer.wait_for(lambda m: _payload(m) == b"online")
+            ok = await peer.request({"op": "status"})
+            assert ok["ok"] is True
+            assert ok["result"]["guests"] == []
+            refused = await peer.request({"op": "reload"})
+            assert refused == {
+                "ok": False,
+                "error": {"code": "not_permitted", "message": refused["error"]["message"]},
+            }
+            assert adapter.state is BrokerState.CONNECTED
+        await peer.wait_for(lambda m: _payload(m) == b"offline")
+    assert list(adapter.history)[-1] is BrokerState.STOPPED
+
+
+@pytest.mark.broker
+async def test_password_auth_keeps_out_clients_without_credentials(tmp_path: Path) -> None:
+    broker = Broker(tmp_path, users={"balloond": "daemon-pw", "ops": "ops-pw"})
+    await broker.start()
+    try:
+        secret = tmp_path / "mqtt-password"
+        secret.write_text("daemon-pw\n", encoding="utf-8")
+        path = write_config(tmp_path, port=broker.port, username="balloond", password_file=secret)
+        async with running(path) as (_daemon, adapter):
+            async with Peer(broker.port, username="ops", password="ops-pw") as ops:
+                await ops.subscribe(f"{PREFIX}/status", ops.reply_topic)
+                await ops.wait_for(lambda m: _payload(m) == b"online")
+                assert (await ops.request({"op": "status"}))["ok"] is True
+            for username, password in ((None, None), ("ops", "wrong"), ("mallory", "x")):
+                with pytest.raises(MqttConnectError):
+                    async with Peer(broker.port, username=username, password=password):
+                        pass
+            assert adapter.requests_total == 1
+    finally:
+        await broker.stop()
+
+
+class V311OnlyBroker:
+    """Stands in front of the real broker as a broker without MQTT v5 would: a v5 CONNECT
+    gets CONNACK "unacceptable protocol version", anything else is passed through."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.refused_v5 = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> V311OnlyBroker:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pipes.add(task)
+        try:
+            head = await reader.readexactly(2)
+            length, shift, last = head[1] & 0x7F, 7, head[1]
+            header = bytearray(head)
+            while last & 0x80:
+                last = (await reader.readexactly(1))[0]
+                header.append(last)
+                length |= (last & 0x7F) << shift
+                shift += 7
+            body = await reader.readexactly(length)
+            if body[6] == 5:  # protocol level, after the "\x00\x04MQTT" name
+                self.refused_v5 += 1
+                writer.write(b"\x20\x02\x00\x01")
+                await writer.drain()
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            up_writer.write(bytes(header) + body)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self._pipes.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.broker
+async def test_falls_back_to_mqtt_311_when_the_broker_has_no_v5(
+    broker: Broker, tmp_path: Path
+) -> None:
+    async with V311OnlyBroker(broker.port) as old:
+        path = write_config(tmp_path, port=old.port)
+        async with Peer(broker.port, v5=False) as peer:
+            await peer.subscribe(f"{PREFIX}/status", f"{PREFIX}/reply")
+            async with running(path) as (_daemon, _adapter):
+                await peer.wait_for(lambda m: _payload(m) == b"online")
+                reply = await peer.request({"op": "status"})
+                assert reply["ok"] is True
+        assert old.refused_v5 == 1
+
+
+@pytest.mark.broker
+async def test_kill_9_leaves_offline_from_the_will(broker: Broker, tmp_path: Path) -> None:
+    path = write_config(tmp_path, port=broker.port)
+    path.write_text(path.read_text() + "[metrics]\nenabled = false\n")
+    log = tmp_path / "balloond.log"
+    async with Peer(broker.port) as peer:
+        await peer.subscribe(f"{PREFIX}/status")
+        with log.open("wb") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "balloond.cli", "run", "--config", str(path),
+                stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+        try:
+            online = await first_or_exit(proc, peer.wait_for(lambda m: _payload(m) == b"online"))
+            assert online is not None, log.read_text()
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            offline = await peer.wait_for(
+                lambda m: _payload(m) == b"offline", start=peer.messages.index(online)
+            )
+            assert offline.topic.value == f"{PREFIX}/status"
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    # and whoever looks later sees it too: the Will is retained
+    async with Peer(broker.port, v5=False) as late:
+        await late.subscribe(f"{PREFIX}/status")
+        retained = await late.wait_for(lambda m: m.topic.value == f"{PREFIX}/status")
+        assert _payload(retained) == b"offline"
+        assert retained.retain
+
+
+# --- against real guests ---------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@pytest.mark.broker
+async def test_set_moves_a_real_balloon_over_v5_and_311(
+    broker: Broker, make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    guest = await make_guest("web", memory_mib=512)
+    path = write_config(tmp_path, port=broker.port, guests=[guest])
+    async with (
+        Peer(broker.port, v5=True) as v5,
+        Peer(broker.port, v5=False) as v311,
+        running(path) as (daemon, _adapter),
+    ):
+        await v5.subscribe(f"{PREFIX}/guest/+/state", f"{PREFIX}/events", v5.reply_topic)
+        await v311.subscribe(f"{PREFIX}/reply")
+        state = await wait_active(v5, "web")
+        assert state["boot_bytes"] == 512 * MiB
+        assert state["policy"] == "default"
+
+        mark = len(v5.messages)
+        # (not 384 MiB: the engine's first step from 512 MiB may land there by itself)
+        reply = await v5.request({"op": "set", "guest": "web", "size": "336MiB"})
+        assert reply["ok"] is True, reply
+        assert reply["result"]["mode"] == "manual"
+        await wait_actual(v5, "web", 336 * MiB, start=mark)
+        event = await v5.wait_for(
+            lambda m: m.topic.value == f"{PREFIX}/events" and _json(m).get("actor") == "operator",
+            start=mark,
+        )
+        assert _json(event)["new_bytes"] == 336 * MiB
+        assert _json(event)["guest"] == "web"
+
+        mark = len(v5.messages)
+        reply = await v311.request({"op": "set", "guest": "web", "size": 448 * MiB, "hold": "5m"})
+        assert reply["ok"] is True, reply
+        await wait_actual(v5, "web", 448 * MiB, start=mark)
+        link_actual = daemon.guests["web"].history[-1].actual_bytes
+        assert near(link_actual, 448 * MiB)
+
+
+HOSTILE: list[bytes | dict[str, Any]] = [
+    b"",
+    b"{",
+    b"not json",
+    b"\xff\xfe\x00garbage",
+    b"null",
+    b"[]",
+    b"42",
+    b'"status"',
+    b"[" * 5000,
+    b'{"op": "status"' + b" " * 10,
+    {},
+    {"op": None},
+    {"op": 5},
+    {"op": "reboot"},
+    {"op": "__class__"},
+    {"op": "STATUS"},
+    {"op": "status", "evil": True},
+    {"op": "status", "guest": 7},
+    {"op": "status", "guest": "nope"},
+    {"op": "set"},
+    {"op": "set", "guest": "web"},
+    {"op": "set", "guest": 1, "size": "256MiB"},
+    {"op": "set", "guest": "web", "size": [256]},
+    {"op": "set", "guest": "web", "size": {"MiB": 256}},
+    {"op": "set", "guest": "web", "size": -1},
+    {"op": "set", "guest": "web", "size": 0},
+    {"op": "set", "guest": "web", "size": 10**30},
+    {"op": "set", "guest": "web", "size": 1.5},
+    {"op": "set", "guest": "web", "size": "1e99GiB"},
+    {"op": "set", "guest": "web", "size": "99999999TiB"},
+    {"op": "set", "guest": "web", "size": "lots"},
+    {"op": "set", "guest": "web", "size": "1MiB"},
+    {"op": "set", "guest": "web", "size": "64GiB"},
+    {"op": "set", "guest": "web", "size": "300MiB", "hold": -5},
+    {"op": "set", "guest": "web", "size": "300MiB", "hold": 1e308},
+    {"op": "set", "guest": "web", "size": "300MiB", "hold": "forever"},
+    {"op": "set", "guest": "nope", "size": "256MiB"},
+    {"op": "set", "guest": "../../etc/passwd", "size": "256MiB"},
+    {"op": "set", "guest": "web\x00", "size": "256MiB"},
+    {"op": "pause"},
+    {"op": "pause", "guest": "web", "all": True},
+    {"op": "resume", "guest": "nope"},
+    {"op": "policy", "guest": "web", "policy": "no-such-policy"},
+    {"op": "policy", "guest": "nope"},
+    {"op": "explain"},
+    {"op": "explain", "guest": "nope"},
+    {"op": "status", "id": {"nested": True}},
+    {"op": "status", "id": "x" * 500},
+]
+
+
+#: Valid requests that a read-only allow-list must refuse.
+WELL_FORMED_WRITES: list[dict[str, Any]] = [
+    {"op": "set", "guest": "web", "size": "300MiB"},
+    {"op": "pause", "all": True},
+    {"op": "resume", "guest": "web"},
+    {"op": "policy", "guest": "web", "policy": "default"},
+    {"op": "reload"},
+]
+
+
+def _hostile(i: int, rng: random.Random) -> bytes:
+    item = HOSTILE[i % len(HOSTILE)]
+    if i % 97 == 0:
+        return (
+            b'{"op": "status", "pad": "' + b"x" * (MAX_REQUEST_BYTES + rng.randint(1, 4096)) + b'"}'
+        )
+    if i % 101 == 0:
+        return json.dumps({"op": "status", "pad": "y" * 500_000}).encode()
+    if isinstance(item, bytes):
+        return item
+    if item.get("size") == 10**30:
+        item = {**item, "size": rng.randint(2**63, 2**200)}
+    return json.dumps({**item, "id": i} if "id" not in item else item).encode()
+
+
+@pytest.mark.lab
+@pytest.mark.broker
+async def test_a_thousand_hostile_requests_get_a_thousand_error_replies(
+    broker: Broker, make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    guest = await make_guest("web", memory_mib=512)
+    path = write_config(tmp_path, port=broker.port, guests=[guest])
+    read_only = MqttConfig(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id="balloond-read-only",
+        topic_prefix=f"{PREFIX}-ro",
+        allow=("status", "explain"),
+        timeout_s=5.0,
+    )
+    rng = random.Random(20240601)
+    n = 1000
+    async with Peer(broker.port) as peer, running(path, extra=[read_only]) as (daemon, _):
+        await peer.subscribe(f"{PREFIX}/guest/+/state", peer.reply_topic)
+        await wait_active(peer, "web")
+        ctrl = daemon.guests["web"]
+        samples_before = ctrl.history[-1].t_s
+
+        bodies = [_hostile(i, rng) for i in range(n - 20)]
+        sent: dict[bytes, str] = {}
+        window = 100
+        for start in range(0, len(bodies), window):
+            mark = len(peer.messages)
+            for i, body in enumerate(bodies[start : start + window], start):
+                corr = i.to_bytes(4, "big")
+                sent[corr] = "main"
+                await peer.publish_request(body, correlation=corr)
+            last = min(start + window, len(bodies)) - 1
+            await peer.wait_for(_replying_to(last.to_bytes(4, "big")), start=mark)
+        # the last 20: operations the read-only adapter does not permit
+        for i in range(n - 20, n):
+            corr = i.to_bytes(4, "big")
+            sent[corr] = "ro"
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = peer.reply_topic
+            props.CorrelationData = corr
+            body = rng.choice(WELL_FORMED_WRITES)
+            await peer.client.publish(f"{PREFIX}-ro/cmd", json.dumps(body), qos=1, properties=props)
+        await peer.wait_for(_replying_to((n - 1).to_bytes(4, "big")))
+        # give stray duplicates a moment to show before counting
+        await asyncio.sleep(1.0)
+        replies = [m for m in peer.messages if m.topic.value == peer.reply_topic]
+        by_corr = {getattr(m.properties, "CorrelationData", None): _json(m) for m in replies}
+        assert len(replies) == n
+        assert set(by_corr) == set(sent)
+        assert all(r["ok"] is False for r in by_corr.values())
+        codes = {r["error"]["code"] for r in by_corr.values()}
+        assert codes == {
+            "bad_request",
+            "unknown_op",
+            "unknown_guest",
+            "out_of_bounds",
+            "not_permitted",
+        }, codes
+        assert all(r["error"]["message"] for r in by_corr.values())
+        assert all(
+            by_corr[(n - 1 - k).to_bytes(4, "big")]["error"]["code"] == "not_permitted"
+            for k in range(20)
+        )
+
+        # ...and the daemon kept controlling its guest all along, and still obeys
+        assert ctrl.history[-1].t_s > samples_before
+        assert ctrl.intent.mode.value == "auto"  # nothing the read-only topic refused ran
+        mark = len(peer.messages)
+        assert (await peer.request({"op": "set", "guest": "web", "size": "320MiB"}))["ok"]
+        await wait_actual(peer, "web", 320 * MiB, start=mark)
+
+
+@pytest.mark.lab
+@pytest.mark.broker
+async def test_broker_outage_control_continues_then_state_and_commands_return(
+    broker: Broker, make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    guest = await make_guest("web", memory_mib=512)
+    path = write_config(tmp_path, port=broker.port, guests=[guest])
+    async with running(path) as (daemon, adapter):
+        async with Peer(broker.port) as peer:
+            await peer.subscribe(f"{PREFIX}/guest/+/state", peer.reply_topic)
+            await wait_active(peer, "web")
+        ctrl = daemon.guests["web"]
+
+        await broker.stop()
+        # The broker is gone for 20 s: the guest is still polled, and a command given
+        # another way (here straight to the command layer) still moves its balloon.
+        cycles, polled = daemon.cycles, ctrl.history[-1].t_s
+        reply = await Commands(daemon).handle({"op": "set", "guest": "web", "size": "352MiB"})
+        assert reply["ok"] is True, reply
+        await asyncio.sleep(20)
+        assert daemon.cycles > cycles
+        assert ctrl.history[-1].t_s > polled
+        assert near(ctrl.history[-1].actual_bytes, 352 * MiB)
+        assert adapter.state in (BrokerState.BACKOFF, BrokerState.CONNECTING)
+
+        await broker.start()  # empty: no persistence, so every retained message is gone
+        async with Peer(broker.port) as peer:
+            await peer.subscribe(f"{PREFIX}/status", f"{PREFIX}/guest/+/state", peer.reply_topic)
+            await peer.wait_for(
+                lambda m: m.topic.value == f"{PREFIX}/status" and _payload(m) == b"online"
+            )
+            state = await peer.wait_for(_state_is("web", lambda s: s.get("mode") == "manual"))
+            assert near(_json(state)["actual_bytes"], 352 * MiB)
+            mark = len(peer.messages)
+            reply = await peer.request({"op": "set", "guest": "web", "size": "416MiB"})
+            assert reply["ok"] is True, reply
+            await wait_actual(peer, "web", 416 * MiB, start=mark)
+        states = list(adapter.history)
+        assert BrokerState.BACKOFF in states
+        assert states[states.index(BrokerState.BACKOFF) :].count(BrokerState.CONNECTED) >= 1
+        assert adapter.connects_total >= 2
+
+
+@pytest.mark.lab
+@pytest.mark.broker
+async def test_a_guest_that_goes_away_has_its_retained_state_cleared(
+    broker: Broker, make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    guest = await make_guest("db", memory_mib=512, boot=False)
+    path = write_config(tmp_path, port=broker.port, guests=[guest])
+    topic, ghost = Topics(PREFIX).state("db"), Topics(PREFIX).state("ghost")
+    async with Peer(broker.port) as peer:
+        await peer.subscribe(f"{PREFIX}/guest/+/state")
+        # a guest of an earlier run that no longer exists left its retained state behind
+        await peer.client.publish(ghost, b'{"name": "ghost"}', qos=1, retain=True)
+        await peer.wait_for(lambda m: m.topic.value == ghost)
+        async with running(path) as (daemon, _):
+            await peer.wait_for(lambda m: m.topic.value == ghost and _payload(m) == b"")
+            await peer.wait_for(lambda m: m.topic.value == topic and bool(_payload(m)))
+            # the operator removes the guest from the config and reloads
+            write_config(tmp_path, port=broker.port, guests=[])
+            assert (await Commands(daemon).handle({"op": "reload"}))["ok"] is True
+            await peer.wait_for(lambda m: m.topic.value == topic and _payload(m) == b"")
