@@ -132,6 +132,15 @@ class GuestController:
         self.intent = intent
         self.wake()
 
+    def set_timing(self, timing: Timing) -> None:
+        """New clock settings (reload) keeping the samples that still fit; the loop
+        re-applies the stats polling interval to QEMU at its next cycle."""
+        self.timing = timing
+        length = max(2, timing.history_len)
+        if self.history.maxlen != length:
+            self.history = deque(self.history, maxlen=length)
+        self.wake()
+
     def set_policy(self, name: str, policy_for: Callable[[int], ResolvedPolicy]) -> None:
         """Switch policy (reload, or an operator's choice) without losing history."""
         self.policy_name = name
@@ -199,6 +208,11 @@ class GuestController:
                         attempt_timeout_s=self.timing.connect_timeout_s, stop=stop
                     )
                     continue
+                if max(1, round(self.timing.poll_interval_s)) != interval:
+                    interval = max(1, round(self.timing.poll_interval_s))
+                    await self._guard(
+                        self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
+                    )
                 started = self._clock()
                 await self._guard(self._cycle())
                 await self._sleep(self.timing.poll_interval_s - (self._clock() - started), stop)

@@ -52,6 +52,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.config_path = config_path
+        #: --dry-run from the command line wins over the config, also across reloads.
+        self._dry_run_flag = dry_run
         self.dry_run = config.daemon.dry_run if dry_run is None else dry_run
         self._read_host = host_reader
         self._clock = clock
@@ -180,15 +182,17 @@ class Daemon:
     def apply_config(self, config: Config) -> None:
         """Switch to a new, already validated config without dropping links or history."""
         self.config = config
+        if self._dry_run_flag is None:
+            self.dry_run = config.daemon.dry_run
         self.audit.close()
         self.audit = AuditLog(config.daemon.audit_path)
         timing = self.timing()
         for name, ctrl in self.guests.items():
             policy_name, resolver = self._policy_resolver(name, ctrl.intent)
             ctrl.set_policy(policy_name, resolver)
-            ctrl.timing = timing
+            ctrl.set_timing(timing)
             ctrl.audit = self.audit
-            ctrl.dry_run = self.dry_run or config.daemon.dry_run
+            ctrl.dry_run = self.dry_run
         self.rescan()
 
     # --- guests --------------------------------------------------------------------------

@@ -196,7 +196,7 @@ class NotifyAdapter:
         while not stop.is_set():
             now = time.monotonic()
             if self.watchdog_s is not None:
-                self._watchdog(now)
+                self.watchdog_tick(now)
             if now >= next_status:
                 self.notifier.send(STATUS=status_line(self.daemon))
                 next_status = now + self.status_interval_s
@@ -204,26 +204,26 @@ class NotifyAdapter:
                 async with asyncio.timeout(period):
                     await stop.wait()
 
-    def _watchdog(self, now: float) -> None:
+    def watchdog_tick(self, now: float) -> bool:
+        """Ping the watchdog if the control loop turned recently; True if it pinged."""
         cycles = self.daemon.cycles
         if cycles != self._seen_cycles:
             self._seen_cycles = cycles
             self._last_turn_s = now
-        assert self.watchdog_s is not None
-        allowed = max(
-            self.watchdog_s, STALL_POLL_INTERVALS * self.daemon.config.daemon.poll_interval_s
-        )
-        if now - self._last_turn_s <= allowed:
-            if self._withheld:
-                log.info("control loop turning again; watchdog pings resumed")
-                self._withheld = False
-            self.notifier.send(WATCHDOG=1)
-        elif not self._withheld:
-            log.error(
-                "control loop has not turned for %.0fs; withholding watchdog pings",
-                now - self._last_turn_s,
-            )
-            self._withheld = True
+        watchdog_s = self.watchdog_s or 0.0
+        allowed = max(watchdog_s, STALL_POLL_INTERVALS * self.daemon.config.daemon.poll_interval_s)
+        if now - self._last_turn_s > allowed:
+            if not self._withheld:
+                log.error(
+                    "control loop has not turned for %.0fs; withholding watchdog pings",
+                    now - self._last_turn_s,
+                )
+                self._withheld = True
+            return False
+        if self._withheld:
+            log.info("control loop turning again; watchdog pings resumed")
+            self._withheld = False
+        return self.notifier.send(WATCHDOG=1)
 
 
 async def _wait_either(event: asyncio.Event, stop: asyncio.Event) -> None:

@@ -42,6 +42,12 @@ class Listener:
         loop = asyncio.get_running_loop()
         return self._parse(await asyncio.wait_for(loop.sock_recv(self.sock, 4096), 10))
 
+    async def until(self, key: str) -> dict[str, str]:
+        """The next datagram that carries ``key``."""
+        while key not in (message := await self.receive()):
+            pass
+        return message
+
     def drain(self) -> list[dict[str, str]]:
         """Every datagram received so far."""
         out = []
@@ -132,12 +138,27 @@ def test_status_line() -> None:
     assert status_line(cast(Daemon, fake)).endswith("last reload refused: policy.x: bad")
 
 
-async def test_watchdog_follows_the_control_loop(path_listener: tuple[str, Listener]) -> None:
-    """Pings while the cycle counter moves; none once it stops; STOPPING at the end."""
+def test_watchdog_is_withheld_while_the_loop_stalls(path_listener: tuple[str, Listener]) -> None:
+    address, listener = path_listener
+    fake = _fake_daemon()  # poll_interval_s 0.1: the grace is max(watchdog, 3 polls) = 1 s
+    adapter = NotifyAdapter(cast(Daemon, fake), notifier=Notifier(address), watchdog_s=1.0)
+    fake.cycles = 1
+    assert adapter.watchdog_tick(100.0)
+    assert adapter.watchdog_tick(100.9)  # no new cycle yet, but within the grace
+    assert not adapter.watchdog_tick(101.1)  # stalled
+    assert not adapter.watchdog_tick(105.0)
+    fake.cycles = 2
+    assert adapter.watchdog_tick(105.5)  # turning again
+    assert [m["WATCHDOG"] for m in listener.drain()] == ["1", "1", "1"]
+
+
+async def test_lifecycle_messages(path_listener: tuple[str, Listener]) -> None:
+    """READY only once the daemon is ready; pings while it turns; RELOADING then READY
+    around a reload; STOPPING last."""
     address, listener = path_listener
     fake = _fake_daemon()
     adapter = NotifyAdapter(
-        cast(Daemon, fake), notifier=Notifier(address), watchdog_s=0.1, status_interval_s=0.1
+        cast(Daemon, fake), notifier=Notifier(address), watchdog_s=0.05, status_interval_s=0.05
     )
     stop = asyncio.Event()
     task = asyncio.create_task(adapter.run(stop), name="notify-under-test")
@@ -145,43 +166,28 @@ async def test_watchdog_follows_the_control_loop(path_listener: tuple[str, Liste
         await asyncio.sleep(0.2)
         assert listener.drain() == []  # nothing before READY
         fake.ready.set()
-        assert (await listener.receive())["READY"] == "1"
-        for _ in range(5):
-            fake.cycles += 1
-            await asyncio.sleep(0.1)
-        turning = listener.drain()
-        assert any(m.get("WATCHDOG") == "1" for m in turning)
-        assert any("STATUS" in m for m in turning)
-        # The loop stops turning: after the grace (3 poll intervals) no more pings.
-        await asyncio.sleep(1.0)
-        listener.drain()
-        await asyncio.sleep(0.5)
-        assert not any(m.get("WATCHDOG") for m in listener.drain())
+        assert (await listener.until("READY"))["READY"] == "1"
         fake.cycles += 1
-        await asyncio.sleep(0.3)
-        assert any(m.get("WATCHDOG") == "1" for m in listener.drain())
+        assert (await listener.until("WATCHDOG"))["WATCHDOG"] == "1"
+        assert "reclaimed" in (await listener.until("STATUS"))["STATUS"]
 
         for hook in fake.reload_hooks:
             hook(True)
-        reloading = await listener.receive()
+        reloading = await listener.until("RELOADING")
         assert reloading["RELOADING"] == "1"
         assert int(reloading["MONOTONIC_USEC"]) > 0
         for hook in fake.reload_hooks:
             hook(False)
-        while "READY" not in (message := await listener.receive()):
-            pass
-        assert message["READY"] == "1"
+        assert (await listener.until("READY"))["READY"] == "1"
     finally:
         stop.set()
-        await asyncio.wait_for(task, 5)
-    messages = listener.drain()
-    assert messages[-1]["STOPPING"] == "1"
+        await asyncio.wait_for(task, 10)
+    assert listener.drain()[-1]["STOPPING"] == "1"
 
 
 async def test_no_socket_means_the_adapter_just_returns() -> None:
     adapter = NotifyAdapter(cast(Daemon, _fake_daemon()), notifier=Notifier(env={}))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(adapter.run(asyncio.Event()), 1)
+    await asyncio.wait_for(adapter.run(asyncio.Event()), 10)
 
 
 def test_journal_format_only_when_stderr_is_the_journal(tmp_path: Path) -> None:

@@ -253,9 +253,11 @@ async def test_systemd_lifecycle_reload_and_stop(
         assert rc == ctl.EXIT_BAD_CONFIG
         assert "poll_interval_s" in err
 
-        # A valid new config (a policy added and assigned) applies without touching the link.
+        # A valid new config (a slower poll, a policy added and assigned) applies without
+        # touching the link.
         config.write_text(
-            good + '\n[policies.gentle]\nfree_low = "20%"\nfree_high = "40%"\n'
+            good.replace("poll_interval_s = 1.0", "poll_interval_s = 2.0")
+            + '\n[policies.gentle]\nfree_low = "20%"\nfree_high = "40%"\n'
             '\n[assign]\n"vm*" = "gentle"\n'
         )
         rc, _, err = await balloonctl(sock, "reload")
@@ -264,7 +266,7 @@ async def test_systemd_lifecycle_reload_and_stop(
         assert status["policy"] == "gentle"
         assert status["state"] == "active"
         assert (await status_json(sock))["reload_error"] is None
-        await asyncio.sleep(2)  # a few cycles under the new config
+        await asyncio.sleep(4)  # a few cycles under the new config
         assert (await status_json(sock, "vm1"))["state"] == "active"
         assert d.log().count("-> connecting") == connects, "reload reconnected the guest"
 
