@@ -398,12 +398,16 @@ class MqttAdapter:
         self._set_state(BrokerState.CONNECTING, f"{where}, MQTT {'v5' if v5 else '3.1.1'}")
         client = self._client(cfg, v5=v5)
         try:
-            # A backstop only: aiomqtt and paho bound each step by cfg.timeout_s, except a
-            # name lookup, which paho does in a thread; should that hang past this, the
-            # thread is left to finish alone and its late connection is dropped by the
-            # broker when the next attempt connects with the same client id.
-            async with asyncio.timeout(cfg.timeout_s * 2 + 1):
-                await client.__aenter__()
+            try:
+                # A backstop only: aiomqtt and paho bound each step by cfg.timeout_s, except
+                # a name lookup, which paho does in a thread; should that hang past this,
+                # the thread is left to finish alone and its late connection is replaced
+                # by the broker when the next attempt connects with the same client id.
+                async with asyncio.timeout(cfg.timeout_s * 2 + 1):
+                    await client.__aenter__()
+            except BaseException:
+                _close_socket(client)
+                raise
         except MqttConnectError as exc:
             code = getattr(exc.rc, "value", exc.rc)
             if v5 and cfg.protocol == "auto" and code in _UNSUPPORTED_PROTOCOL:
@@ -632,6 +636,17 @@ class MqttAdapter:
         if message.topic.value not in current:
             log.info("clearing retained state of a guest that is gone: %s", message.topic.value)
             await self._publish(s, message.topic.value, b"", retain=True)
+
+
+def _close_socket(client: aiomqtt.Client) -> None:
+    """Close the socket of a connect that failed or timed out.
+
+    aiomqtt leaves it open. A broker that was only slow (overloaded, or stopped and
+    continued) would later read the CONNECT in it and accept a second connection with our
+    client id, taking over the session that replaced it. paho's ``_sock_close`` also
+    unregisters the socket from the event loop; there is no public way to do this.
+    """
+    client._client._sock_close()
 
 
 async def _sleep(seconds: float, stop: asyncio.Event) -> None:

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
@@ -71,10 +72,19 @@ class Broker:
     """One Mosquitto on 127.0.0.1; ``start()`` and ``stop()`` as often as needed (same port).
 
     ``users``: require these name/password pairs (a file made with ``mosquitto_passwd -b``).
+    ``tls``: also listen on ``tls_port`` with TLS; keys ``cafile``, ``certfile``, ``keyfile``
+    as mosquitto names them, and clients must present a certificate signed by the CA.
     """
 
-    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        users: dict[str, str] | None = None,
+        tls: dict[str, Path] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.tls_port = free_port()
         self.log = workdir / "mosquitto.log"
         self.conf = workdir / "mosquitto.conf"
         self._process: asyncio.subprocess.Process | None = None
@@ -97,6 +107,10 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines.append("allow_anonymous true")
+        if tls:
+            lines.append(f"listener {self.tls_port} 127.0.0.1")
+            lines += [f"{key} {path}" for key, path in tls.items()]
+            lines.append("require_certificate true")
         self.conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     async def start(self, timeout_s: float = 10.0) -> None:
@@ -115,11 +129,21 @@ class Broker:
                     return
                 await asyncio.sleep(0.05)
 
+    def freeze(self) -> None:
+        """SIGSTOP: a hung broker (connections are still accepted by the kernel)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     async def stop(self, timeout_s: float = 5.0) -> None:
         process, self._process = self._process, None
         if process is None or process.returncode is not None:
             return
         process.terminate()
+        process.send_signal(signal.SIGCONT)
         try:
             async with asyncio.timeout(timeout_s):
                 await process.wait()
@@ -552,6 +576,100 @@ async def test_password_auth_keeps_out_clients_without_credentials(tmp_path: Pat
                     async with Peer(broker.port, username=username, password=password):
                         pass
             assert adapter.requests_total == 1
+    finally:
+        await broker.stop()
+
+
+@pytest.mark.broker
+async def test_a_hung_broker_never_holds_up_the_daemon_and_its_queue_stays_bounded(
+    broker: Broker, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, port=broker.port, timeout_s=1.0, max_queued_events=50)
+    async with Peer(broker.port) as peer, running(path) as (daemon, adapter):
+        await peer.subscribe(f"{PREFIX}/status", f"{PREFIX}/events")
+        await peer.wait_for(lambda m: _payload(m) == b"online")
+        broker.freeze()
+        try:
+            # What every decision does: call the daemon's listeners. They return at once
+            # and the queue keeps only the newest records.
+            ctrl = SimpleNamespace(name="web")
+            for n in range(1000):
+                for listener in daemon.listeners:
+                    listener(ctrl, {"guest": "web", "n": n})  # type: ignore[arg-type]
+            assert len(adapter.outbox.events) <= 50
+            assert adapter.outbox.dropped_events >= 950
+            # The adapter notices (a publish times out), and its next connects time out
+            # too: the kernel accepts them, the frozen broker never answers.
+            async with asyncio.timeout(WAIT_S):
+                while list(adapter.history).count(BrokerState.BACKOFF) < 3:
+                    await asyncio.sleep(0.1)
+        finally:
+            broker.thaw()
+        mark = len(peer.messages)
+        newest = await peer.wait_for(lambda m: _json(m).get("n") == 999)
+        got = [_json(m)["n"] for m in peer.messages[mark:] if m.topic.value.endswith("/events")]
+        assert got[-1] == 999
+        assert len(set(got)) <= 50
+        assert newest.topic.value == f"{PREFIX}/events"
+        # The connects that timed out while the broker hung left nothing behind: once it
+        # has caught up, the daemon is connected and its retained status says online.
+        async with Peer(broker.port) as late:
+            await late.subscribe(f"{PREFIX}/status")
+            status = await late.wait_for(lambda m: m.topic.value == f"{PREFIX}/status")
+            assert _payload(status) == b"online"
+        assert adapter.state is BrokerState.CONNECTED
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A private CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=test CA")
+    extensions = {"server": "subjectAltName=IP:127.0.0.1", "client": "keyUsage=digitalSignature"}
+    for name, ext in extensions.items():
+        (directory / f"{name}.ext").write_text(ext + "\n", encoding="utf-8")
+        openssl(
+            "req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}"
+        )
+        openssl(
+            *("x509", "-req", "-in", f"{name}.csr", "-out", f"{name}.pem"),
+            *("-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", f"{name}.ext"),
+        )
+    names = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+    return {name: directory / name for name in names}
+
+
+@pytest.mark.broker
+async def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    certs = make_certificates(tmp_path)
+    broker = Broker(
+        tmp_path,
+        tls={
+            "cafile": certs["ca.pem"],
+            "certfile": certs["server.pem"],
+            "keyfile": certs["server.key"],
+        },
+    )
+    await broker.start()
+    try:
+        path = write_config(
+            tmp_path,
+            port=broker.tls_port,
+            ca_file=certs["ca.pem"],
+            cert_file=certs["client.pem"],
+            key_file=certs["client.key"],
+        )
+        async with Peer(broker.port) as peer:  # the test listens on the plain listener
+            await peer.subscribe(f"{PREFIX}/status", peer.reply_topic)
+            async with running(path) as (_, adapter):
+                await peer.wait_for(lambda m: _payload(m) == b"online")
+                assert (await peer.request({"op": "status"}))["ok"] is True
+                assert adapter.state is BrokerState.CONNECTED
     finally:
         await broker.stop()
 
