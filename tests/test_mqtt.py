@@ -559,6 +559,26 @@ async def test_online_offline_and_read_only(broker: Broker, tmp_path: Path) -> N
 
 
 @pytest.mark.broker
+async def test_a_reload_that_changes_mqtt_reconnects_with_the_new_settings(
+    broker: Broker, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, port=broker.port)
+    async with Peer(broker.port) as peer:
+        await peer.subscribe("test/+/status")
+        async with running(path) as (daemon, adapter):
+            await peer.wait_for(lambda m: m.topic.value == f"{PREFIX}/status")
+            write_config(tmp_path, port=broker.port, topic_prefix="test/moved")
+            assert (await Commands(daemon).handle({"op": "reload"}))["ok"] is True
+            await peer.wait_for(
+                lambda m: m.topic.value == f"{PREFIX}/status" and _payload(m) == b"offline"
+            )
+            await peer.wait_for(
+                lambda m: m.topic.value == "test/moved/status" and _payload(m) == b"online"
+            )
+            assert adapter.connects_total == 2
+
+
+@pytest.mark.broker
 async def test_password_auth_keeps_out_clients_without_credentials(tmp_path: Path) -> None:
     broker = Broker(tmp_path, users={"balloond": "daemon-pw", "ops": "ops-pw"})
     await broker.start()
