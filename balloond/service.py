@@ -18,6 +18,7 @@ from typing import Protocol
 from balloond import __version__
 from balloond.config import Config
 from balloond.daemon import Daemon
+from balloond.errors import BalloondError
 
 log = logging.getLogger("balloond")
 
@@ -72,12 +73,15 @@ async def _supervise(adapter: Adapter, stop: asyncio.Event) -> None:
             return
         except asyncio.CancelledError:
             raise
+        except (OSError, BalloondError) as exc:
+            # Expected trouble (a port in use, a broker away): one clear line, no traceback.
+            log.error("%s: %s; retrying in %.0fs", adapter.name, exc, ADAPTER_RESTART_S)
         except Exception:
             # An adapter's bug must not end the daemon; guests are still controlled.
             log.exception("%s failed; restarting in %.0fs", adapter.name, ADAPTER_RESTART_S)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ADAPTER_RESTART_S):
-                    await stop.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ADAPTER_RESTART_S):
+                await stop.wait()
 
 
 async def serve(config: Config, *, config_path: Path | None, dry_run: bool | None) -> int:

@@ -258,6 +258,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
         f'[daemon]\nstate_dir = "{tmp_path}/state"\nruntime_dir = "{tmp_path}/run"\n'
+        "[metrics]\nenabled = false\n"
         f'[[guests]]\nname = "ghost"\nqmp = "{tmp_path}/ghost.qmp"\n'
     )
     proc = subprocess.Popen(
