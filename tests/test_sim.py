@@ -7,6 +7,7 @@ device, with and without a guest driver).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import socket
@@ -489,9 +490,11 @@ def test_kill_removes_the_socket_and_restart_boots_afresh(sockdir: Path) -> None
             qmp = QMPClient("test")
             await qmp.connect(str(path))
             await execute(qmp, "balloon", {"value": 512 * MiB})
-            await guest.kill()
+            await guest.kill()  # SIGTERM
             assert guest.state is GuestState.DEAD
             assert not path.exists()
+            shutdown = await next_event(qmp, "SHUTDOWN")
+            assert shutdown["data"] == {"guest": False, "reason": "host-signal"}
             with pytest.raises((EOFError, ConnectionError)):
                 await qmp.disconnect()  # re-raises the reader's error, as with real QEMU
             await guest.restart()
@@ -501,14 +504,22 @@ def test_kill_removes_the_socket_and_restart_boots_afresh(sockdir: Path) -> None
     run(main())
 
 
-def test_kill_can_leave_a_stale_socket_that_refuses(sockdir: Path) -> None:
+def test_sigkill_resets_the_connection_and_leaves_a_stale_socket(sockdir: Path) -> None:
     async def main() -> None:
-        async with fleet_of(sockdir, spec()) as fleet:
-            await fleet.guest("g").kill(remove_socket=False)
+        async with fleet_of(sockdir, spec()) as fleet, RawClient(fleet.socket_path("g")) as raw:
+            await raw.line()
+            await raw.ask('{"execute": "qmp_capabilities"}')
+            await fleet.guest("g").kill(sig="SIGKILL")
+            # QEMU's peer sees a reset; the simulator's sees EOF (or a reset).
+            with contextlib.suppress(ConnectionResetError):
+                assert await raw.line() == b""
             path = fleet.socket_path("g")
             assert path.exists()
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_unix_connection(str(path))
+            await fleet.guest("g").restart()
+            async with RawClient(path) as again:
+                assert (await again.line()).startswith(b'{"QMP"')
 
     run(main())
 

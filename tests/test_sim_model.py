@@ -121,12 +121,20 @@ def test_ballooned_memory_leaves_memtotal_unless_deflate_on_oom() -> None:
 
 
 def test_inflating_stalls_when_the_guest_has_nothing_left_to_give() -> None:
-    m = model(flat(700 * MiB))
+    busy_then_idle = Trace(
+        times_s=(0.0, 10.0, 11.0),
+        anon_bytes=(700 * MiB, 700 * MiB, 100 * MiB),
+        cache_bytes=(0, 0, 0),
+    )
+    m = model(busy_then_idle)
     m.set_target(256 * MiB)
     m.step(5.0)
     assert m.actual_bytes > 700 * MiB  # anon memory cannot be ballooned without swap
-    assert m.in_motion  # still trying, like the driver's retry after "out of puff"
+    assert not m.in_motion  # waiting for memory, like the driver after "out of puff"
     assert m.oom_kills == 0
+    assert m.target_bytes == 256 * MiB
+    m.advance_to(13.0)  # the programs freed their memory: the driver carries on
+    assert m.actual_bytes == 256 * MiB
 
 
 def test_no_driver_accepts_a_target_but_nothing_moves() -> None:

@@ -185,6 +185,7 @@ class GuestModel:
         self._balloon = 0
         self._target_balloon = 0
         self._chasing = False  # the driver works toward the target (after a config change)
+        self._stalled = False  # ... but the guest had nothing to give at the last step
         self._killed = 0.0
         self._killed_decay_bps = 0.0
         self._oom_kills = 0
@@ -262,8 +263,8 @@ class GuestModel:
 
     @property
     def in_motion(self) -> bool:
-        """True while the driver is moving the balloon toward its target."""
-        return self._chasing and self._driver is DriverState.LOADED
+        """True while the driver is moving the balloon (not while it waits for memory)."""
+        return self._chasing and not self._stalled and self._driver is DriverState.LOADED
 
     def view(self) -> MemoryView:
         """Everything about the guest's memory now."""
@@ -299,6 +300,7 @@ class GuestModel:
         ram = self.params.ram_bytes
         self._target_balloon = _page_floor(ram - min(value_bytes, ram))
         self._chasing = True
+        self._stalled = False
 
     def set_polling_interval(self, interval_s: int) -> None:
         """``qom-set guest-stats-polling-interval``: 0 stops polling; turning it on reports now."""
@@ -321,6 +323,7 @@ class GuestModel:
         if self._driver is not DriverState.LOADED:
             self._driver = DriverState.LOADED
             self._chasing = True
+            self._stalled = False
             self._report()
 
     def unload_driver(self) -> None:
@@ -398,6 +401,7 @@ class GuestModel:
             if self._balloon < self._target_balloon:
                 room = self._capacity - anon - self._balloon
                 inc = min(int(p.inflate_bytes_per_s * dt), self._target_balloon - self._balloon)
+                self._stalled = room < PAGE_BYTES
                 self._balloon += _page_floor(max(0, min(inc, room)))
             elif self._balloon > self._target_balloon:
                 dec = min(int(p.deflate_bytes_per_s * dt), self._balloon - self._target_balloon)

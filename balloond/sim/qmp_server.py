@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from balloond.sim import qom
 from balloond.sim.model import MAX_POLL_INTERVAL_S, DriverState, GuestModel, GuestParams
@@ -40,6 +40,7 @@ from balloond.sim.wire import (
     JsonStreamSplitter,
     Param,
     QMPError,
+    Request,
     check_request,
     encode,
     error_response,
@@ -215,11 +216,20 @@ class SimGuest:
         self._server = await asyncio.start_unix_server(self._on_client, path=str(self.socket_path))
         self._set_state(GuestState.RUNNING)
 
-    async def kill(self, *, remove_socket: bool = True) -> None:
-        """QEMU dies: connections drop, the socket goes (or stays, stale, as after SIGKILL)."""
+    async def kill(self, *, sig: Literal["SIGTERM", "SIGKILL"] = "SIGTERM") -> None:
+        """QEMU dies, the way QEMU 7.2 does on that signal.
+
+        SIGTERM: a SHUTDOWN event (reason ``host-signal``), the connection closes, the
+        socket file is removed. SIGKILL: the connection is reset and the socket file stays
+        behind, refusing connections, until the guest is restarted.
+        """
         if self._state in (GuestState.OFF, GuestState.DEAD):
             return
-        self._teardown(remove_socket=remove_socket, flush=False)
+        if sig == "SIGTERM":
+            self._emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+            self._teardown(remove_socket=True, flush=True)
+        else:
+            self._teardown(remove_socket=False, flush=False)
         await self._wait_handlers()
 
     async def aclose(self) -> None:
@@ -337,6 +347,8 @@ class SimGuest:
                     self._session = None
         except (ConnectionError, OSError) as exc:
             self.log.debug("client dropped: %s", exc)
+        except Exception:  # a simulator bug: drop this client, keep the guest and the fleet
+            self.log.exception("serving a client failed")
         finally:
             self._writers.discard(writer)
             writer.close()
@@ -363,7 +375,7 @@ class SimGuest:
             obj = parse_text(text)
             rid = request_id(obj)
             req = check_request(obj, oob_enabled=session.oob)
-            result = self._dispatch(session, req.command, req.oob, req.arguments)
+            result = self._dispatch(session, req)
         except QMPError as err:
             if not session.negotiated and err.error_class == "CommandNotFound":
                 err = QMPError(
@@ -376,13 +388,14 @@ class SimGuest:
         if req.command == "quit":
             self._teardown(remove_socket=True, flush=True)
 
-    def _dispatch(self, session: _Session, command: str, oob: bool, args: dict[str, Any]) -> Any:
+    def _dispatch(self, session: _Session, req: Request) -> Any:
+        command, args = req.command, req.arguments
         entry = _COMMANDS.get(command)
         if entry is None or (not session.negotiated and command != "qmp_capabilities"):
             raise QMPError(
                 f"The command {command} has not been found", error_class="CommandNotFound"
             )
-        if oob:
+        if req.oob:
             raise QMPError(f"The command {command} does not support OOB")
         params, handler = entry
         parse_arguments(args, params)
@@ -392,9 +405,9 @@ class SimGuest:
     # --- events ------------------------------------------------------------------------
 
     def _emit(self, name: str, data: dict[str, Any] | None = None) -> None:
-        self._deliver(encode(_event(name, data)), name, data)
+        self._deliver(encode(_event(name, data)), name=name, data=data)
 
-    def _deliver(self, msg: bytes, name: str, data: dict[str, Any] | None) -> None:
+    def _deliver(self, msg: bytes, *, name: str, data: dict[str, Any] | None) -> None:
         session = self._session
         if session is None or not session.negotiated:
             return  # QEMU drops events nobody negotiated for
@@ -415,7 +428,7 @@ class SimGuest:
         data = {"actual": actual}
         msg = encode(_event("BALLOON_CHANGE", data))
         if self._bc_timer is None:
-            self._deliver(msg, "BALLOON_CHANGE", data)
+            self._deliver(msg, name="BALLOON_CHANGE", data=data)
             self._bc_timer = asyncio.get_running_loop().call_later(
                 BALLOON_CHANGE_PERIOD_S, self._balloon_change_period_end
             )
@@ -427,7 +440,7 @@ class SimGuest:
         if self._bc_pending is None:
             self._bc_timer = None
             return
-        self._deliver(self._bc_pending, "BALLOON_CHANGE", self._bc_pending_data)
+        self._deliver(self._bc_pending, name="BALLOON_CHANGE", data=self._bc_pending_data)
         self._bc_pending = None
         self._bc_timer = asyncio.get_running_loop().call_later(
             BALLOON_CHANGE_PERIOD_S, self._balloon_change_period_end

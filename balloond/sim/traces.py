@@ -284,8 +284,8 @@ def _amount(value: object, where: str) -> int:
 def _build(
     name: str,
     ram_bytes: int,
-    pts: list[tuple[float, float, float]],
     *,
+    pts: list[tuple[float, float, float]],
     repeat: bool,
     description: str,
 ) -> Trace:
@@ -305,7 +305,7 @@ def idle(ram_bytes: int, *, anon_frac: float = 0.12, cache_frac: float = 0.08) -
     return _build(
         "idle",
         ram_bytes,
-        [(0, anon_frac, cache_frac)],
+        pts=[(0, anon_frac, cache_frac)],
         repeat=False,
         description="flat, small demand",
     )
@@ -329,7 +329,7 @@ def diurnal(
             (x * period_s, low_frac + (high_frac - low_frac) * day, cache_frac * (1.2 - day))
         )
     return _build(
-        "diurnal", ram_bytes, pts, repeat=True, description="sine-shaped anon demand per day"
+        "diurnal", ram_bytes, pts=pts, repeat=True, description="sine-shaped anon demand per day"
     )
 
 
@@ -362,7 +362,7 @@ def bursty(
         ]
         t += 2 * rise_s + hold + 1.0 + rng.expovariate(1 / mean_gap_s)
     pts.append((duration_s, base_frac, cache_frac))
-    return _build("bursty", ram_bytes, pts, repeat=True, description="random allocation bursts")
+    return _build("bursty", ram_bytes, pts=pts, repeat=True, description="random allocation bursts")
 
 
 def ramp(
@@ -377,7 +377,7 @@ def ramp(
     return _build(
         "ramp",
         ram_bytes,
-        [(0, start_frac, cache_frac), (duration_s, end_frac, cache_frac)],
+        pts=[(0, start_frac, cache_frac), (duration_s, end_frac, cache_frac)],
         repeat=False,
         description="steady growth of anon demand",
     )
@@ -398,7 +398,11 @@ def cache_heavy(
         (period_s, anon_frac, 0.05),
     ]
     return _build(
-        "cache-heavy", ram_bytes, pts, repeat=True, description="page cache grows to most of RAM"
+        "cache-heavy",
+        ram_bytes,
+        pts=pts,
+        repeat=True,
+        description="page cache grows to most of RAM",
     )
 
 
@@ -416,7 +420,7 @@ def sawtooth(
         (period_s - 1, high_frac, cache_frac),
         (period_s, low_frac, cache_frac),
     ]
-    return _build("sawtooth", ram_bytes, pts, repeat=True, description="leak, then restart")
+    return _build("sawtooth", ram_bytes, pts=pts, repeat=True, description="leak, then restart")
 
 
 GENERATORS: dict[str, Callable[..., Trace]] = {
@@ -431,6 +435,8 @@ GENERATORS: dict[str, Callable[..., Trace]] = {
 
 def by_name(spec: str, *, ram_bytes: int, seed: int = 0) -> Trace:
     """A generator name (``bursty``), an example name, or a JSON file path, sized for RAM.
+
+    Generator names win over example files of the same name; pass a path for the file.
 
     ``seed`` picks the random bursts of ``bursty`` and de-phases repeating traces, so the
     guests of a fleet do not all peak at the same moment.

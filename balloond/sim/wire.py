@@ -239,7 +239,7 @@ def is_int64(value: Any) -> bool:
     )
 
 
-def _check_value(name: str, kind: ArgKind, value: Any) -> None:
+def _check_value(name: str, value: Any, *, kind: ArgKind) -> None:
     ok = {
         "int": is_int64(value),
         "str": isinstance(value, str),
@@ -265,7 +265,7 @@ def parse_arguments(args: dict[str, Any], params: Sequence[Param]) -> dict[str, 
             if not p.optional:
                 raise QMPError(f"Parameter '{p.name}' is missing")
             continue
-        _check_value(p.name, p.kind, args[p.name])
+        _check_value(p.name, args[p.name], kind=p.kind)
     declared = {p.name for p in params}
     for key in qdict_order(args):
         if key not in declared:
