@@ -9,7 +9,8 @@ virtual time:
 * :mod:`~balloond.sim.traces`: workload traces (JSON format and synthetic generators).
 * :mod:`~balloond.sim.wire`: QMP encoding and request checks, byte-compatible with QEMU.
 * :mod:`~balloond.sim.qom`: the part of QEMU's object tree a balloon controller reads.
-* :mod:`~balloond.sim.qmp_server`: one simulated QEMU process (socket, commands, events).
+* :mod:`~balloond.sim.qmp_server`: one simulated QEMU process (socket, sessions, events).
+* :mod:`~balloond.sim.commands`: what each QMP command does, with QEMU's errors.
 * :mod:`~balloond.sim.fleet`: many of them, and their shared ticker.
 
 ``python -m balloond.sim --help`` serves a fleet from the command line.

@@ -4,11 +4,11 @@ balloond talks to QEMU only through QMP, so a guest that answers QMP like QEMU 7
 believable memory behind it, is all the daemon's tests and benchmarks need. A
 :class:`SimGuest` owns a listening socket, serves one client at a time (QEMU's monitor
 chardev does the same: a second client's connect succeeds but it hears nothing until the
-first one leaves), and answers the commands a balloon controller uses:
-
-``qmp_capabilities``, ``query-balloon``, ``balloon``, ``qom-list``, ``qom-get``, ``qom-set``
-(``guest-stats``, ``guest-stats-polling-interval``), ``query-memory-size-summary``,
-``query-status``, ``query-version``, ``query-commands``, ``stop``, ``cont``, ``quit``.
+first one leaves), and answers the commands a balloon controller uses (their semantics live
+in :mod:`balloond.sim.commands`): ``qmp_capabilities``, ``query-balloon``, ``balloon``,
+``qom-list``, ``qom-get``, ``qom-set`` (``guest-stats``, ``guest-stats-polling-interval``),
+``query-memory-size-summary``, ``query-status``, ``query-version``, ``query-commands``,
+``stop``, ``cont``, ``quit``.
 
 Replies, errors and events match QEMU 7.2's bytes (see :mod:`balloond.sim.wire`), including
 BALLOON_CHANGE's one-second rate limit: the first change goes out at once, later ones are held
@@ -27,24 +27,22 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from balloond.sim import qom
-from balloond.sim.model import MAX_POLL_INTERVAL_S, DriverState, GuestModel, GuestParams
+from balloond.sim.commands import COMMANDS, Session
+from balloond.sim.model import GuestModel, GuestParams
 from balloond.sim.traces import Trace
 from balloond.sim.wire import (
     NO_ID,
     JsonStreamSplitter,
-    Param,
     QMPError,
     Request,
     check_request,
     encode,
     error_response,
-    is_int64,
     parse_arguments,
     parse_text,
     request_id,
@@ -105,26 +103,6 @@ class GuestState(enum.Enum):
     DEAD = "dead"  # the process is gone
 
 
-class _Session:
-    """The one client the monitor is serving."""
-
-    __slots__ = ("negotiated", "oob", "writer")
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.negotiated = False
-        self.oob = False
-
-    def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
-
-
-_Handler = Callable[["SimGuest", _Session, dict[str, Any]], Any]
-_P_PATH = Param("path", "str")
-_P_PROP = Param("property", "str")
-
-
 def _event(name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     now_us = time.time_ns() // 1000
     ev: dict[str, Any] = {
@@ -148,20 +126,24 @@ class SimGuest:
         self.idle_step_s = idle_step_s
         self.log = logging.getLogger(f"balloond.sim.guest.{spec.name}")
         self._state = GuestState.OFF
-        self._params = spec.guest_params()
-        self._tree = qom.build_tree(
+        #: The memory model's parameters; ``model`` is rebuilt from them at each boot.
+        self.params = spec.guest_params()
+        #: The QOM tree qom-list/qom-get/qom-set walk.
+        self.tree = qom.build_tree(
             qemu_version=spec.qemu_version, balloon_id=spec.balloon_id, balloon=spec.balloon
         )
         v = spec.qemu_version
-        self._version = {
+        #: query-version's reply, also in the greeting.
+        self.version = {
             "qemu": {"major": v[0], "minor": v[1], "micro": v[2]},
             "package": spec.package,
         }
-        self._greeting = encode({"QMP": {"version": self._version, "capabilities": ["oob"]}})
-        self._stat_names = QMP_STAT_NAMES if self._params.reports_v92_stats else _V72_STAT_NAMES
-        self.model = GuestModel(self._params, spec.trace)
+        self._greeting = encode({"QMP": {"version": self.version, "capabilities": ["oob"]}})
+        #: The guest-stats fields this QEMU version reports.
+        self.stat_names = QMP_STAT_NAMES if self.params.reports_v92_stats else _V72_STAT_NAMES
+        self.model = GuestModel(self.params, spec.trace)
         self._server: asyncio.Server | None = None
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._slot = asyncio.Lock()
         self._thawed = asyncio.Event()
         self._thawed.set()
@@ -185,6 +167,11 @@ class SimGuest:
         return self._state
 
     @property
+    def vm_running(self) -> bool:
+        """True while the guest's CPUs run (query-status ``running``)."""
+        return self._state is GuestState.RUNNING
+
+    @property
     def has_client(self) -> bool:
         """True while a client holds the monitor."""
         return self._session is not None
@@ -206,7 +193,7 @@ class SimGuest:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.model = GuestModel(
-            self._params, self.spec.trace, boot_t_s=now, wall_offset_s=time.time() - now
+            self.params, self.spec.trace, boot_t_s=now, wall_offset_s=time.time() - now
         )
         self._last_actual = self.model.actual_bytes
         self._next_idle_step = now + self.idle_step_s
@@ -226,7 +213,7 @@ class SimGuest:
         if self._state in (GuestState.OFF, GuestState.DEAD):
             return
         if sig == "SIGTERM":
-            self._emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+            self.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
             self._teardown(remove_socket=True, flush=True)
         else:
             self._teardown(remove_socket=False, flush=False)
@@ -266,14 +253,14 @@ class SimGuest:
         if self._state is GuestState.RUNNING:
             self._sync()
             self._set_state(GuestState.STOPPED)
-            self._emit("STOP")
+            self.emit("STOP")
 
     def cont_vm(self) -> None:
         """What QMP ``cont`` does: the guest runs again, a RESUME event goes out."""
         if self._state is GuestState.STOPPED:
             self._sync()
             self._set_state(GuestState.RUNNING)
-            self._emit("RESUME")
+            self.emit("RESUME")
 
     def set_driver(self, loaded: bool) -> None:
         """Load or unload the guest's balloon driver (False: the no-driver guest)."""
@@ -338,7 +325,7 @@ class SimGuest:
                 await self._thawed.wait()
                 if self._state is GuestState.DEAD:
                     return
-                session = _Session(writer)
+                session = Session(writer)
                 self._session = session
                 try:
                     session.send(self._greeting)
@@ -354,7 +341,7 @@ class SimGuest:
             writer.close()
             self._handlers.discard(task)
 
-    async def _serve(self, session: _Session, reader: asyncio.StreamReader) -> None:
+    async def _serve(self, session: Session, reader: asyncio.StreamReader) -> None:
         splitter = JsonStreamSplitter()
         while True:
             data = await reader.read(65536)
@@ -369,7 +356,7 @@ class SimGuest:
                     return
             await session.writer.drain()
 
-    def _handle(self, session: _Session, text: bytes) -> None:
+    def _handle(self, session: Session, text: bytes) -> None:
         rid: Any = NO_ID
         try:
             obj = parse_text(text)
@@ -388,9 +375,9 @@ class SimGuest:
         if req.command == "quit":
             self._teardown(remove_socket=True, flush=True)
 
-    def _dispatch(self, session: _Session, req: Request) -> Any:
+    def _dispatch(self, session: Session, req: Request) -> Any:
         command, args = req.command, req.arguments
-        entry = _COMMANDS.get(command)
+        entry = COMMANDS.get(command)
         if entry is None or (not session.negotiated and command != "qmp_capabilities"):
             raise QMPError(
                 f"The command {command} has not been found", error_class="CommandNotFound"
@@ -404,7 +391,8 @@ class SimGuest:
 
     # --- events ------------------------------------------------------------------------
 
-    def _emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+    def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Send an event to the client, if it has negotiated (QEMU drops it otherwise)."""
         self._deliver(encode(_event(name, data)), name=name, data=data)
 
     def _deliver(self, msg: bytes, *, name: str, data: dict[str, Any] | None) -> None:
@@ -446,145 +434,5 @@ class SimGuest:
             BALLOON_CHANGE_PERIOD_S, self._balloon_change_period_end
         )
 
-    # --- commands ----------------------------------------------------------------------
 
-    def _qmp_capabilities(self, session: _Session, args: dict[str, Any]) -> Any:
-        if session.negotiated:
-            raise QMPError(
-                "Capabilities negotiation is already complete, command ignored",
-                error_class="CommandNotFound",
-            )
-        session.negotiated = True
-        session.oob = "oob" in args.get("enable", [])
-        return {}
-
-    def _require_balloon(self) -> None:
-        if not self.spec.balloon:
-            raise QMPError("No balloon device has been activated", error_class="DeviceNotActive")
-
-    def _query_balloon(self, session: _Session, args: dict[str, Any]) -> Any:
-        self._require_balloon()
-        return {"actual": self.model.actual_bytes}
-
-    def _balloon(self, session: _Session, args: dict[str, Any]) -> Any:
-        self._require_balloon()
-        value = args["value"]
-        if value <= 0:
-            raise QMPError("Parameter 'target' expects a size")
-        self.model.set_target(value)
-        return {}
-
-    def _resolve(self, path: str) -> qom.QomObject:
-        obj, _ = self._tree.resolve(path)
-        if obj is None:
-            raise QMPError(f"Device '{path}' not found", error_class="DeviceNotFound")
-        return obj
-
-    def _qom_list(self, session: _Session, args: dict[str, Any]) -> Any:
-        path = args["path"]
-        obj, ambiguous = self._tree.resolve(path)
-        if obj is None:
-            if ambiguous:
-                raise QMPError(f"Path '{path}' is ambiguous")
-            raise QMPError(f"Device '{path}' not found", error_class="DeviceNotFound")
-        return [{"name": name, "type": kind} for name, kind in obj.props]
-
-    def _qom_get(self, session: _Session, args: dict[str, Any]) -> Any:
-        obj = self._resolve(args["path"])
-        prop = args["property"]
-        if prop not in dict(obj.props):
-            raise QMPError(f"Property '{obj.type_name}.{prop}' not found")
-        if prop in obj.children:
-            return obj.children[prop].path
-        if prop == "type":
-            return obj.type_name
-        if obj.type_name in (qom.BALLOON_PCI_TYPE, qom.BALLOON_BACKEND_TYPE):
-            if prop == "guest-stats":
-                return self._guest_stats()
-            if prop == "guest-stats-polling-interval":
-                return self.model.polling_interval_s
-            if prop == "deflate-on-oom":
-                return self._params.deflate_on_oom
-            if prop == "realized":
-                return True
-        raise QMPError(f"Property '{obj.type_name}.{prop}' is not simulated")
-
-    def _qom_set(self, session: _Session, args: dict[str, Any]) -> Any:
-        obj = self._resolve(args["path"])
-        prop, value = args["property"], args["value"]
-        if prop not in dict(obj.props):
-            raise QMPError(f"Property '{obj.type_name}.{prop}' not found")
-        balloon = obj.type_name in (qom.BALLOON_PCI_TYPE, qom.BALLOON_BACKEND_TYPE)
-        if balloon and prop == "guest-stats-polling-interval":
-            if not is_int64(value):
-                raise QMPError(f"Invalid parameter type for '{prop}', expected: integer")
-            if value < 0:
-                raise QMPError("timer value must be greater than zero")
-            if value > MAX_POLL_INTERVAL_S:
-                raise QMPError("timer value is too big")
-            self.model.set_polling_interval(value)
-            return {}
-        if balloon and prop == "guest-stats":
-            raise QMPError(f"Property '{qom.BALLOON_BACKEND_TYPE}.guest-stats' is not writable")
-        if balloon and prop in qom.BACKEND_STATIC_PROPS:
-            raise QMPError(
-                f"Attempt to set property '{prop}' on anonymous device "
-                f"(type '{qom.BALLOON_BACKEND_TYPE}') after it was realized"
-            )
-        raise QMPError(f"Property '{obj.type_name}.{prop}' is not writable")
-
-    def _guest_stats(self) -> dict[str, Any]:
-        full = self.model.stats.to_qmp()
-        stats = {name: full["stats"][name] for name in self._stat_names}
-        return {"stats": stats, "last-update": full["last-update"]}
-
-    def _query_memory_size_summary(self, session: _Session, args: dict[str, Any]) -> Any:
-        return {"base-memory": self._params.ram_bytes, "plugged-memory": 0}
-
-    def _query_status(self, session: _Session, args: dict[str, Any]) -> Any:
-        running = self._state is GuestState.RUNNING
-        info: dict[str, Any] = {"running": running}
-        if self.spec.qemu_version[:2] < (9, 0):  # StatusInfo.singlestep went away later
-            info["singlestep"] = False
-        info["status"] = "running" if running else "paused"
-        return info
-
-    def _query_version(self, session: _Session, args: dict[str, Any]) -> Any:
-        return self._version
-
-    def _query_commands(self, session: _Session, args: dict[str, Any]) -> Any:
-        return [{"name": name} for name in _COMMANDS]
-
-    def _stop(self, session: _Session, args: dict[str, Any]) -> Any:
-        self.stop_vm()
-        return {}
-
-    def _cont(self, session: _Session, args: dict[str, Any]) -> Any:
-        self.cont_vm()
-        return {}
-
-    def _quit(self, session: _Session, args: dict[str, Any]) -> Any:
-        self._emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
-        return {}
-
-
-_COMMANDS: dict[str, tuple[tuple[Param, ...], _Handler]] = {
-    "qmp_capabilities": (
-        (Param("enable", "capabilities", optional=True),),
-        SimGuest._qmp_capabilities,
-    ),
-    "query-balloon": ((), SimGuest._query_balloon),
-    "balloon": ((Param("value", "int"),), SimGuest._balloon),
-    "qom-list": ((_P_PATH,), SimGuest._qom_list),
-    "qom-get": ((_P_PATH, _P_PROP), SimGuest._qom_get),
-    "qom-set": ((_P_PATH, _P_PROP, Param("value", "any")), SimGuest._qom_set),
-    "query-memory-size-summary": ((), SimGuest._query_memory_size_summary),
-    "query-status": ((), SimGuest._query_status),
-    "query-version": ((), SimGuest._query_version),
-    "query-commands": ((), SimGuest._query_commands),
-    "stop": ((), SimGuest._stop),
-    "cont": ((), SimGuest._cont),
-    "quit": ((), SimGuest._quit),
-}
-
-__all__ = ["BALLOON_CHANGE_PERIOD_S", "DriverState", "GuestState", "SimGuest", "SimGuestSpec"]
+__all__ = ["BALLOON_CHANGE_PERIOD_S", "GuestState", "SimGuest", "SimGuestSpec"]
