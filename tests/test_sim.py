@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -573,3 +574,28 @@ def test_raw_socket_connect_fails_cleanly_after_the_fleet_closes(sockdir: Path) 
     with pytest.raises(FileNotFoundError):
         s.connect(str(path))
     s.close()
+
+
+def test_guest_states_follow_its_life(sockdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with fleet_of(sockdir, spec()) as fleet:
+            guest = fleet.guest("g")
+            guest.stop_vm()
+            guest.cont_vm()
+            guest.pause()
+            guest.resume()
+            await guest.kill()
+            await guest.restart()
+
+    with caplog.at_level(logging.DEBUG, logger="balloond.sim.guest.g"):
+        run(main())
+    assert [r.getMessage() for r in caplog.records if r.name == "balloond.sim.guest.g"] == [
+        "off -> running",
+        "running -> stopped",
+        "stopped -> running",
+        "running -> frozen",
+        "frozen -> running",
+        "running -> dead",
+        "dead -> running",
+        "running -> dead",
+    ]
