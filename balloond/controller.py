@@ -39,6 +39,21 @@ ACTUAL_TOLERANCE_BYTES = 4 * MiB
 NO_DEVICE_RECHECK_S = 30.0
 
 
+def moved_externally(
+    *, target_bytes: int | None, previous_actual_bytes: int | None, actual_bytes: int
+) -> bool:
+    """True when ``actual`` moved *away* from the target balloond last set, beyond driver
+    rounding: someone else (the guest's deflate-on-oom, another QMP client) moved it.
+
+    Pure, so the offline replay (``balloond.replay``) keeps the same books as the daemon.
+    """
+    if target_bytes is None or previous_actual_bytes is None:
+        return False
+    before = abs(previous_actual_bytes - target_bytes)
+    after = abs(actual_bytes - target_bytes)
+    return after > before + ACTUAL_TOLERANCE_BYTES and after > ACTUAL_TOLERANCE_BYTES
+
+
 class Mode(enum.Enum):
     """Who decides this guest's target."""
 
@@ -263,11 +278,10 @@ class GuestController:
         for the cooldown) or another QMP client.
         """
         target = self.target_bytes
-        if target is None or not self.history:
-            return
-        before = abs(self.history[-1].actual_bytes - target)
-        after = abs(sample.actual_bytes - target)
-        if after <= before + ACTUAL_TOLERANCE_BYTES or after <= ACTUAL_TOLERANCE_BYTES:
+        previous = self.history[-1].actual_bytes if self.history else None
+        if target is None or not moved_externally(
+            target_bytes=target, previous_actual_bytes=previous, actual_bytes=sample.actual_bytes
+        ):
             return
         grew = sample.actual_bytes > self.history[-1].actual_bytes
         self.external_change_s = sample.t_s
