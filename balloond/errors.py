@@ -15,6 +15,7 @@ parse messages to decide::
     │   └── BrokerError           the MQTT broker is unreachable
     └── PermanentError            the same request will fail the same way
         ├── ConfigError           a config file or value is invalid
+        ├── TraceError            a workload trace file is invalid (``balloond simulate``)
         ├── QMPCommandError       QEMU refused a command (carries the QMP error class)
         │   └── NoBalloonError        the guest has no virtio-balloon device
         ├── RequestError          a control request is malformed or not allowed
@@ -78,6 +79,11 @@ class ConfigError(PermanentError):
         return [
             f"{prefix}{path}: {msg}" if path else f"{prefix}{msg}" for path, msg in self.problems
         ]
+
+
+class TraceError(PermanentError):
+    """A workload trace file cannot be read or is not a valid ``balloond-trace/1``
+    document; the message starts with the file's path."""
 
 
 class QMPCommandError(PermanentError):
