@@ -4,20 +4,19 @@ dry-run, changes balloond did not make, and the `config check` command."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import running
 
 from balloond.config import Config, parse_config
-from balloond.daemon import Daemon
 from balloond.lab import LabGuest
 from balloond.link import GuestLink
 from balloond.units import MiB
@@ -39,19 +38,6 @@ def make_config(tmp_path: Path, guests: list[LabGuest], **daemon: Any) -> Config
             "policies": {"default": {"reclaim": "idle"}},
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config, **kwargs)
-    ready = asyncio.Event()
-    task = asyncio.create_task(daemon.run(on_ready=ready.set), name="daemon")
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
-        yield daemon
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 10)
 
 
 async def actual_of(guest: LabGuest) -> int:

@@ -4,14 +4,12 @@ and go, one hung guest among healthy ones, and memory that stays bounded."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from daemon_helpers import running, until
+
 from balloond.config import Config, parse_config
-from balloond.daemon import Daemon
 from balloond.link import EVENT_QUEUE_LEN, GuestLink, LinkState
 from balloond.sim.fleet import SimFleet
 from balloond.sim.qmp_server import SimGuestSpec
@@ -34,28 +32,6 @@ def fleet_config(tmp_path: Path, sock_dir: Path, **daemon: Any) -> Config:
             "metrics": {"enabled": False},
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config)
-    ready = asyncio.Event()
-    task = asyncio.create_task(daemon.run(on_ready=ready.set), name="daemon")
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
-        yield daemon
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 10)
-
-
-async def until(check: Callable[[], bool], *, timeout_s: float = 10.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > end:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def test_guests_appear_and_disappear_while_it_runs(tmp_path: Path) -> None:

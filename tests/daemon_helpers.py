@@ -1,0 +1,36 @@
+"""Helpers for tests that run the daemon in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from balloond.config import Config
+from balloond.daemon import Daemon
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
+    """A daemon running in this event loop, past its first discovery; stopped on exit."""
+    daemon = Daemon(config, **kwargs)
+    ready = asyncio.Event()
+    task = asyncio.create_task(daemon.run(on_ready=ready.set), name="daemon")
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def until(check: Callable[[], bool], *, timeout_s: float = 10.0) -> bool:
+    """Poll ``check`` until it holds (True) or the time is up (False)."""
+    end = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.05)
+    return True
