@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -99,6 +100,8 @@ async def run_demo(*, duration_s: float = 60.0, n_guests: int = 3) -> int:
     }
     tally = _Tally()
     oom_total = 0
+    keep_logs = True  # until the run ends well: the guests' logs explain a failure
+    daemon_task: asyncio.Task[None] | None = None
     try:
         print(f"==> booting {len(guests)} guests of {GUEST_MIB} MiB", flush=True)
         await asyncio.gather(*(g.start() for g in guests.values()))
@@ -145,6 +148,7 @@ async def run_demo(*, duration_s: float = 60.0, n_guests: int = 3) -> int:
         )
         daemon.request_stop()
         await daemon_task
+        daemon_task = None
         for g in guests.values():
             with contextlib.suppress(Exception):
                 oom_total += await g.oom_kills()
@@ -159,12 +163,20 @@ async def run_demo(*, duration_s: float = 60.0, n_guests: int = 3) -> int:
             f"({tally.inflates} inflates, {tally.deflates_under_pressure} deflates under pressure)"
         )
         print(f"    OOM kills in guests:         {oom_total} (0 expected)")
+        keep_logs = oom_total > 0
         return 0 if oom_total == 0 else 1
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
+        if daemon_task is not None:  # the run ended by an error: stop the daemon first
+            daemon_task.cancel()
+            await asyncio.gather(daemon_task, return_exceptions=True)
         await asyncio.gather(*(g.stop() for g in guests.values()), return_exceptions=True)
         print("==> all guests stopped", flush=True)
+        if keep_logs:
+            print(f"==> guest logs kept in {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _script(guests: dict[str, Any], duration_s: float, stop: asyncio.Event) -> None:
