@@ -323,7 +323,7 @@ class DiscoveryConfig(_Section):
     """``[discovery]``: find guests by globbing for QMP sockets."""
 
     globs: tuple[Annotated[str, AfterValidator(_absolute_glob)], ...] = Field(
-        ("/var/run/qemu-server/*.qmp",), description="socket globs; the file stem names the guest"
+        (), description="socket globs; the file stem names the guest"
     )
     rescan_interval_s: float = Field(5.0, gt=0, description="seconds between rescans")
 

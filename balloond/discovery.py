@@ -1,8 +1,9 @@
 """Which guests exist: static entries from the config plus globs over QMP socket paths.
 
-Proxmox keeps a QMP socket per VM in /var/run/qemu-server/<vmid>.qmp; other setups have
-their own directory. A glob finds them, named by the file stem; static entries name a
-guest explicitly. Discovery is rescanned while the daemon runs, so guests can come and go.
+Hosts keep a QMP socket per VM in one directory (balloond wants sockets of its own, since
+QEMU serves one client per socket: e.g. /run/balloond-qmp/<vmid>.qmp). A glob finds them,
+named by the file stem; static entries name a guest explicitly. Discovery is rescanned
+while the daemon runs, so guests can come and go.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_defaults() -> None:
     assert config.daemon.log_format == "auto"
     assert config.daemon.dry_run is False
     assert config.daemon.history_s == 60.0
-    assert config.discovery.globs == ("/var/run/qemu-server/*.qmp",)
+    assert config.discovery.globs == ()
     assert config.host.reserve_bytes(10 * GiB) == GiB
     assert list(config.policies) == ["default"]
     assert config.policy_name_for("anything") == "default"
