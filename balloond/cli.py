@@ -1,13 +1,14 @@
 """``balloond``: the daemon's command line.
 
-    balloond run --config FILE [--dry-run]   the daemon (what systemd starts)
+    balloond run --config FILE [--dry-run]   the daemon (what systemd starts);
+                 [--record-trace DIR]       ... also writing each guest's workload trace
     balloond config check FILE               validate a config: exit 0, or 78 with each error
     balloond config schema                   JSON Schema of the config, for editors
     balloond demo [--duration S]             the daemon against three real lab guests
     balloond simulate --config F --trace T   replay a workload trace against a policy file
 
-Exit codes follow sysexits: 64 bad usage, 78 bad configuration, 69 a needed service is
-unavailable, 130 interrupted.
+Exit codes follow sysexits: 64 bad usage, 65 bad input data (a trace file), 78 bad
+configuration, 69 a needed service is unavailable, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", "-c", type=Path, required=True, help="TOML config file")
     run.add_argument("--dry-run", action="store_true", help="decide and log, change nothing")
+    run.add_argument(
+        "--record-trace",
+        type=Path,
+        metavar="DIR",
+        help="append each guest's samples to DIR/<guest>.json as a trace for simulate",
+    )
 
     cfg = sub.add_parser("config", help="check a config file or print its schema")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -77,7 +84,14 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="trace JSON file (repeat for several guests)",
     )
-    sim.add_argument("--host-memory", default=None, help="host RAM, e.g. 8GiB")
+    sim.add_argument(
+        "--host-memory",
+        default=None,
+        help="host RAM, e.g. 8GiB (default: room for 75%% of the guests' boot memory)",
+    )
+    sim.add_argument(
+        "--duration", default=None, help="simulated time, e.g. 900, 15m, 2h (default: a trace)"
+    )
     sim.add_argument(
         "--out",
         type=Path,
@@ -138,7 +152,14 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.daemon.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     from balloond.service import serve
 
-    return run_async(serve(config, config_path=args.config, dry_run=args.dry_run or None))
+    return run_async(
+        serve(
+            config,
+            config_path=args.config,
+            dry_run=args.dry_run or None,
+            record_trace_dir=args.record_trace,
+        )
+    )
 
 
 if __name__ == "__main__":

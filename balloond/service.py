@@ -84,8 +84,17 @@ async def _supervise(adapter: Adapter, stop: asyncio.Event) -> None:
                 await stop.wait()
 
 
-async def serve(config: Config, *, config_path: Path | None, dry_run: bool | None) -> int:
-    """Run the daemon and its adapters until SIGTERM or SIGINT; SIGHUP reloads."""
+async def serve(
+    config: Config,
+    *,
+    config_path: Path | None,
+    dry_run: bool | None,
+    record_trace_dir: Path | None = None,
+) -> int:
+    """Run the daemon and its adapters until SIGTERM or SIGINT; SIGHUP reloads.
+
+    ``record_trace_dir`` (``balloond run --record-trace``) adds the trace recorder.
+    """
     daemon = Daemon(config, config_path=config_path, dry_run=dry_run)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -99,10 +108,12 @@ async def serve(config: Config, *, config_path: Path | None, dry_run: bool | Non
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     mode = " (dry run: no balloon will be changed)" if daemon.dry_run else ""
     log.info("balloond %s starting%s", __version__, mode)
-    tasks = [
-        asyncio.create_task(_supervise(a, stop), name=f"adapter:{a.name}")
-        for a in build_adapters(daemon)
-    ]
+    adapters = build_adapters(daemon)
+    if record_trace_dir is not None:
+        from balloond.recorder import TraceRecorder
+
+        adapters.append(TraceRecorder(daemon, record_trace_dir))
+    tasks = [asyncio.create_task(_supervise(a, stop), name=f"adapter:{a.name}") for a in adapters]
     try:
         await daemon.run()
     finally:

@@ -1,0 +1,99 @@
+"""The offline runner: simulated guests on a host, in virtual time, under one controller.
+
+Each guest is a :class:`~balloond.sim.model.GuestModel` replaying its trace. Every tick
+the runner moves every guest forward; whenever a controller's interval comes round it
+shows the controller what a daemon would see — per guest a
+:class:`~balloond.stats.GuestSample` (``actual`` and the guest's last stats report, just as
+QMP returns them) and a :class:`~balloond.stats.HostSnapshot` of the host's memory — and
+applies the targets it returns, as QEMU would. Nothing reads a clock and nothing is
+random, so a run is a pure function of its scenario and controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from balloond.replay.metrics import GuestMetrics, MetricsRecorder, RunMetrics, SeriesPoint
+from balloond.replay.scenario import Scenario
+from balloond.sim.model import GuestModel, GuestParams
+from balloond.stats import GuestSample, HostSnapshot
+
+
+class Controller(Protocol):
+    """A balloon policy under test: balloond's engine or a baseline."""
+
+    #: Short name for tables and charts.
+    name: str
+    #: Seconds between two calls of :meth:`poll`.
+    interval_s: float
+
+    def start(self, *, boot_bytes: Mapping[str, int]) -> None:
+        """Called once before the first poll with every guest's RAM at boot."""
+
+    def poll(
+        self, *, now_s: float, samples: Mapping[str, GuestSample], host: HostSnapshot
+    ) -> Mapping[str, int]:
+        """The guests whose balloon should move, and the size (bytes) to ask QEMU for."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one run produced: the metrics, each guest's share, a time series for charts."""
+
+    metrics: RunMetrics
+    series: tuple[SeriesPoint, ...]
+    guests: tuple[GuestMetrics, ...]
+
+
+def _models(scenario: Scenario) -> list[GuestModel]:
+    models = []
+    for spec in scenario.guests:
+        model = GuestModel(
+            GuestParams(ram_bytes=spec.ram_bytes, deflate_on_oom=spec.deflate_on_oom),
+            spec.trace,
+        )
+        model.set_polling_interval(scenario.stats_interval_s)
+        models.append(model)
+    return models
+
+
+def run(scenario: Scenario, controller: Controller) -> RunResult:
+    """Run ``controller`` on ``scenario`` from boot (every guest at full size) to the end."""
+    models = _models(scenario)
+    names = [g.name for g in scenario.guests]
+    host_spec = scenario.host
+    tick_s = scenario.tick_s
+    n_ticks = max(1, round(scenario.duration_s / tick_s))
+    poll_every = max(1, round(controller.interval_s / tick_s))
+    metrics = MetricsRecorder(models, tick_s=tick_s)
+    asked: dict[str, int] = {}
+    by_name = dict(zip(names, models, strict=True))
+    controller.start(boot_bytes={g.name: g.ram_bytes for g in scenario.guests})
+
+    for i in range(n_ticks):
+        t_s = i * tick_s
+        for model in models:
+            model.advance_to(t_s)
+        free = host_spec.free_bytes(sum(m.actual_bytes for m in models), len(models))
+        if i % poll_every == 0:
+            samples = {
+                name: GuestSample(
+                    t_s=t_s,
+                    actual_bytes=model.actual_bytes,
+                    stats=model.stats if model.stats.valid else None,
+                )
+                for name, model in by_name.items()
+            }
+            # /proc/meminfo cannot show less than nothing available.
+            host = HostSnapshot(total_bytes=host_spec.total_bytes, available_bytes=max(0, free))
+            targets = controller.poll(now_s=t_s, samples=samples, host=host)
+            for name, target in targets.items():
+                if asked.get(name) != target:
+                    asked[name] = target
+                    by_name[name].set_target(target)
+                    metrics.balloon_ops += 1
+        metrics.tick(t_s, host_free_bytes=free)
+    result = metrics.result(controller=controller.name)
+    return RunResult(metrics=result, series=tuple(metrics.series), guests=metrics.per_guest(names))
