@@ -512,7 +512,7 @@ class Policy(_Section):
     min_size: SizeOrPercent = Field(_mib(256), description="the guest never goes below this")
     max_size: SizeOrPercent = Field(_pct(100), description="the guest never goes above this")
     free_low: SizeOrPercent = Field(_pct(15), description="deflate when available is below")
-    free_high: SizeOrPercent = Field(_pct(30), description="inflate when available is above")
+    free_high: SizeOrPercent = Field(_pct(25), description="inflate when available is above")
     cache_floor: SizeOrPercent = Field(_mib(64), description="available memory always kept")
     max_inflate_step: SizeOrPercent = Field(_mib(128), description="largest inflate per poll")
     max_deflate_step: OptionalSizeOrPercent = Field(

@@ -105,7 +105,7 @@ def test_defaults() -> None:
 def test_default_policy_resolves_for_a_1gib_guest() -> None:
     p = Policy().resolve(GiB)
     assert (p.min_bytes, p.max_bytes) == (256 * MiB, GiB)
-    assert (p.free_low_bytes, p.free_high_bytes) == (int(0.15 * GiB), int(0.30 * GiB))
+    assert (p.free_low_bytes, p.free_high_bytes) == (int(0.15 * GiB), int(0.25 * GiB))
     assert (p.cache_floor_bytes, p.max_inflate_step_bytes, p.max_deflate_step_bytes) == (
         64 * MiB,
         128 * MiB,
