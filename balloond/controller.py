@@ -6,7 +6,8 @@ planner) changes the controller's *intent* (mode, manual target, host cap) and w
 the loop then acts. That keeps one guest's QMP traffic strictly ordered and makes a slow
 or hung QEMU cost only its own task.
 
-Each cycle: read stats and ``actual`` (each under the QMP timeout), notice changes balloond
+Each cycle: read stats and ``actual`` (each under the QMP timeout; ``actual`` from the
+link's BALLOON_CHANGE tracking while the balloon is still), notice changes balloond
 did not make (the guest's own deflate-on-oom, another QMP client) and accept them rather
 than fight, ask the pure engine for a decision, apply it (unless dry-run or paused), audit
 it, and sleep until the next interval or until a BALLOON_CHANGE event or a command wakes
@@ -259,7 +260,7 @@ class GuestController:
     async def _cycle(self) -> None:
         timeout = self.timing.qmp_timeout_s
         stats = await self.link.read_stats(timeout_s=timeout)
-        actual = await self.link.query_actual(timeout_s=timeout)
+        actual = await self.link.current_actual(timeout_s=timeout)
         now = self._clock()
         sample = GuestSample(t_s=now, actual_bytes=actual, stats=stats if stats.valid else None)
         self._notice_external(sample)
