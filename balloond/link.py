@@ -139,7 +139,8 @@ class GuestLink:
     ``driver_grace_s``: how long after stats polling is enabled the guest may stay silent
     before it is reported as :attr:`LinkState.NO_DRIVER`. ``on_event`` is called (in the
     event loop, must not block) with every watched event as it arrives, so a controller can
-    wake up at once instead of at its next poll.
+    wake up at once instead of at its next poll; a link with a callback queues no events
+    (:meth:`events` and :meth:`pending_events` are for links without one).
     """
 
     def __init__(
@@ -493,11 +494,14 @@ class GuestLink:
             self._actual_bytes = actual if ok else None
         elif name == "RESET":
             self._actual_bytes = None  # the guest's driver starts over
+        if self.on_event is not None:
+            # The callback is the consumer. A queue nobody reads would hold its last
+            # EVENT_QUEUE_LEN events for every guest (tens of MiB at thousands of guests).
+            self.on_event(event)
+            return
         if self._events.full():
             self._events.get_nowait()
         self._events.put_nowait(event)
-        if self.on_event is not None:
-            self.on_event(event)
 
     def pending_events(self) -> list[GuestEvent]:
         """Take the events received so far without waiting."""
