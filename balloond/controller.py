@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -202,6 +203,7 @@ class GuestController:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, poll and act until ``stop`` is set or :meth:`stop` is called."""
         interval = max(1, round(self.timing.poll_interval_s))
+        due_s = 0.0  # when the next regular cycle is due
         try:
             while not self._done(stop):
                 if not self.link.state.connected:
@@ -212,6 +214,10 @@ class GuestController:
                         break
                     self.history.clear()
                     self._policy = None
+                    # Guests connected together (start-up, a QEMU restart) would poll in
+                    # step, and the daemon and every QEMU would get their work in bursts:
+                    # after its first cycle, each guest keeps a phase of its own.
+                    due_s = self._clock() + random.uniform(0, self.timing.poll_interval_s)
                     if self.link.state is LinkState.NO_DEVICE:
                         self.log.warning("no virtio-balloon device: left alone")
                     else:
@@ -229,9 +235,17 @@ class GuestController:
                     await self._guard(
                         self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
                     )
-                started = self._clock()
+                started_s = self._clock()
                 await self._guard(self._cycle())
-                await self._sleep(self.timing.poll_interval_s - (self._clock() - started), stop)
+                interval_s = self.timing.poll_interval_s
+                # A cycle less than half an interval early counts as the due one (timers
+                # fire a little early, and an event wake-up that close is as good). Then
+                # keep to the guest's grid: sleeping a whole interval after a late start
+                # would let every wake-up delay of a busy loop shift the guest later, until
+                # the guests the loop woke late poll together.
+                if started_s > due_s - interval_s / 2:
+                    due_s += (max(0.0, started_s - due_s) // interval_s + 1) * interval_s
+                await self._sleep(due_s - self._clock(), stop)
         finally:
             await self.link.close()
 
