@@ -26,6 +26,7 @@ import asyncio
 import enum
 import logging
 import time
+import zlib
 from collections import deque
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
@@ -196,7 +197,11 @@ class SimGuest:
             self.params, self.spec.trace, boot_t_s=now, wall_offset_s=time.time() - now
         )
         self._last_actual = self.model.actual_bytes
-        self._next_idle_step = now + self.idle_step_s
+        # Each guest's idle steps at its own phase (fixed by its name): a fleet started at
+        # once would otherwise step every idle model in the same tick, a pause that grows
+        # with the fleet and delays every answer behind it.
+        phase = zlib.crc32(self.name.encode()) / 2**32
+        self._next_idle_step = now + self.idle_step_s * (1.0 + phase)
         self._thawed.set()
         self._backlog.clear()
         self.socket_path.unlink(missing_ok=True)  # QEMU unlinks before bind, too
