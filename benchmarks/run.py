@@ -1,0 +1,127 @@
+"""``python -m benchmarks.run [--quick]``: every benchmark, then ``benchmarks/RESULTS.md``.
+
+Runs the scale benchmark (:mod:`benchmarks.scale`: the real daemon against thousands of
+simulated guests) and then the policy-quality benchmark (:mod:`benchmarks.quality`: the
+engine against baselines in virtual time), and writes one report: the command, the date, the
+machine, each benchmark's section and its charts (PNG files next to the report). Progress
+goes to stdout as it happens.
+
+Full mode takes several minutes (the scale benchmark settles each fleet for longer than the
+daemon's one minute of history, so memory is measured full); ``--quick`` is a first look in
+about two minutes, with shorter windows (and memory not yet at its steady state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from benchmarks import scale
+
+OUT_DIR = Path(__file__).resolve().parent
+REPORT = OUT_DIR / "RESULTS.md"
+
+
+def _progress(started: float) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(f"[{time.monotonic() - started:5.0f}s] {line}", flush=True)
+
+    return say
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine() -> list[str]:
+    """Bullet lines describing where the numbers were measured."""
+    usable = len(os.sched_getaffinity(0))
+    return [
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores ({usable} usable by this run)",
+        f"- RAM: {_ram_gib()}",
+        f"- Kernel: {platform.system()} {platform.release()}",
+        f"- Python: {platform.python_implementation()} {platform.python_version()}",
+    ]
+
+
+def _section(name: str, run: Callable[[], str], say: Callable[[str], None]) -> tuple[str, bool]:
+    """Run one benchmark; a failure becomes its section's text instead of ending the run."""
+    started = time.monotonic()
+    say(f"{name}: starting")
+    try:
+        text = run()
+    except Exception:  # report what broke and go on with the other benchmarks
+        say(f"{name}: FAILED")
+        trace = traceback.format_exc()
+        print(trace, file=sys.stderr)
+        last = trace.strip().splitlines()[-1]
+        return f"## {name.capitalize()}\n\nThis benchmark failed: `{last}`\n", False
+    say(f"{name}: done in {time.monotonic() - started:.0f}s")
+    return text, True
+
+
+def _quality(quick: bool) -> str:
+    try:
+        from benchmarks import quality
+    except ImportError as exc:
+        return f"## Policy quality\n\nSkipped: `benchmarks.quality` is not available ({exc}).\n"
+    return quality.main(quick, OUT_DIR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="short windows, about two minutes")
+    args = ap.parse_args(argv)
+    quick: bool = args.quick
+    started = time.monotonic()
+    say = _progress(started)
+    when = dt.datetime.now(dt.UTC)
+    say(f"benchmarks ({'quick' if quick else 'full'}); the report goes to {REPORT}")
+
+    results = [
+        _section("scale", lambda: scale.main(quick, OUT_DIR, say), say),
+        _section("quality", lambda: _quality(quick), say),
+    ]
+    command = "python -m benchmarks.run" + (" --quick" if quick else "")
+    elapsed = time.monotonic() - started
+    head = [
+        "# balloond benchmarks",
+        "",
+        "Written by the benchmarks themselves; do not edit by hand.",
+        "",
+        f"- Command: `{command}` ({'quick' if quick else 'full'} mode, {elapsed / 60:.1f} minutes)",
+        f"- Date: {when:%Y-%m-%d %H:%M} UTC",
+        *machine(),
+        "",
+    ]
+    body = [text.rstrip() + "\n" for text, _ in results]
+    REPORT.write_text("\n".join(head) + "\n" + "\n".join(body), encoding="utf-8")
+    say(f"wrote {REPORT} in {elapsed:.0f}s")
+    return 0 if all(ok for _, ok in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
