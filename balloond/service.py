@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 from pathlib import Path
 from typing import Protocol
@@ -35,6 +36,19 @@ ADAPTER_RESTART_S = 5.0
 #: the same time as the daemon, whose own budget is STOP_BUDGET_S plus 1 s of cancelling,
 #: so the whole stop stays within 5 s, inside systemd's TimeoutStopSec.
 ADAPTER_STOP_S = 1.0
+
+
+def raise_open_file_limit() -> None:
+    """Each guest holds a QMP connection: lift the soft open-file limit to the hard one.
+
+    systemd's default soft limit is 1024, which would stop balloond near 1,000 guests; the
+    hard limit (524288 under systemd) is what the administrator allows.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.debug("open-file limit raised from %d to %d", soft, hard)
 
 
 class Adapter(Protocol):
@@ -104,6 +118,7 @@ async def serve(
     """
     daemon = Daemon(config, config_path=config_path, dry_run=dry_run)
     gc.set_threshold(*GC_THRESHOLDS)
+    raise_open_file_limit()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 

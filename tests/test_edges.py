@@ -137,3 +137,17 @@ def test_discover_static_and_globs(tmp_path: Path) -> None:
         "vm_two": tmp_path / "vm two.qmp",
     }
     assert name_from_path(Path("/x/a;b.qmp")) == "a_b"
+
+
+def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from balloond.service import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        raise_open_file_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
