@@ -276,6 +276,11 @@ class DaemonConfig(_Section):
     )
 
     @property
+    def history_len(self) -> int:
+        """Samples kept per guest: ``history_s`` worth at ``poll_interval_s`` (at least 2)."""
+        return max(2, round(self.history_s / self.poll_interval_s))
+
+    @property
     def audit_path(self) -> Path | None:
         """Where the audit log goes (``audit_log`` resolved), None when it is disabled."""
         return self.audit_log

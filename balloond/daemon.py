@@ -94,7 +94,7 @@ class Daemon:
             poll_interval_s=d.poll_interval_s,
             qmp_timeout_s=d.qmp_timeout_s,
             connect_timeout_s=d.qmp_timeout_s,
-            history_len=max(2, round(d.history_s / d.poll_interval_s)),
+            history_len=d.history_len,
         )
 
     def _policy_resolver(

@@ -292,11 +292,7 @@ class GuestLink:
 
     async def _discover(self, client: _Client) -> None:
         self._balloon_path = await self._find_balloon(client)
-        summary = await self._call(client, "query-memory-size-summary")
-        base = summary.get("base-memory") if isinstance(summary, dict) else None
-        if not isinstance(base, int) or base <= 0:
-            raise QMPCommandError(f"{self.name}: odd query-memory-size-summary reply: {summary!r}")
-        self._boot_bytes = base
+        self._boot_bytes = self._base_memory(await self._call(client, "query-memory-size-summary"))
         if self._balloon_path is None:
             self._set_state(LinkState.NO_DEVICE, "no virtio-balloon device in the guest")
             return
@@ -472,11 +468,16 @@ class GuestLink:
         """Guest RAM at boot in bytes (cached from the last connect)."""
         if self._boot_bytes is not None:
             return self._boot_bytes
-        reply = await self.execute("query-memory-size-summary", timeout_s=timeout_s)
+        self._boot_bytes = self._base_memory(
+            await self.execute("query-memory-size-summary", timeout_s=timeout_s)
+        )
+        return self._boot_bytes
+
+    def _base_memory(self, reply: Any) -> int:
+        """``base-memory`` from a query-memory-size-summary reply; QMPCommandError if odd."""
         base = reply.get("base-memory") if isinstance(reply, dict) else None
-        if not isinstance(base, int) or base <= 0:
+        if not isinstance(base, int) or isinstance(base, bool) or base <= 0:
             raise QMPCommandError(f"{self.name}: odd query-memory-size-summary reply: {reply!r}")
-        self._boot_bytes = base
         return base
 
     # --- events --------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class EngineController:
         self.name = name
         self.config = config
         self.interval_s = config.daemon.poll_interval_s
-        self._history_len = max(2, round(config.daemon.history_s / self.interval_s))
+        self._history_len = config.daemon.history_len
         self._guests: dict[str, _Guest] = {}
 
     def start(self, *, boot_bytes: Mapping[str, int]) -> None:
