@@ -300,6 +300,7 @@ def guest_status(ctrl: GuestController) -> dict[str, Any]:
         "manual_target_bytes": intent.manual_target_bytes,
         "hold_until": intent.hold_until,
         "host_cap_bytes": ctrl.host_cap_bytes,
+        "stats_stale_s": ctrl.stats_stale_s(),
         "last_decision": (
             {"reason": str(decision.reason), "explanation": decision.explanation}
             if decision

@@ -274,6 +274,12 @@ class DaemonConfig(_Section):
     qmp_timeout_s: float = Field(
         3.0, gt=0, le=60, description="seconds one QMP call may take before the guest is hung"
     )
+    device_recheck_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds between looks for a balloon device in a guest that had none",
+    )
 
     @property
     def history_len(self) -> int:
@@ -530,6 +536,11 @@ class Policy(_Section):
     external_backoff_s: float = Field(
         300.0, ge=0, description="no inflate this long after someone else moved the balloon"
     )
+    stale_release_s: float = Field(
+        30.0,
+        gt=0,
+        description="give back what balloond took after this long without fresh guest stats",
+    )
     weight: int = Field(100, ge=1, le=10000, description="share kept under host pressure")
     reclaim: Reclaim = Field(Reclaim.IDLE, description="when memory may be taken")
 
@@ -594,6 +605,7 @@ class Policy(_Section):
             min_change_bytes=min_change,
             cooldown_s=self.cooldown_s,
             external_backoff_s=self.external_backoff_s,
+            stale_release_s=self.stale_release_s,
             weight=self.weight,
             reclaim=self.reclaim,
         )

@@ -31,6 +31,7 @@ from balloond.audit import AuditLog
 from balloond.errors import LinkError, NoBalloonError, QMPCommandError
 from balloond.link import GuestEvent, GuestLink, LinkState
 from balloond.policy import Decision, GuestView, Reason, ResolvedPolicy, decide
+from balloond.policy.observe import stale_after_s
 from balloond.stats import GuestSample
 from balloond.units import MiB, fmt_size
 
@@ -85,6 +86,8 @@ class Timing:
     qmp_timeout_s: float
     connect_timeout_s: float
     history_len: int
+    #: How long a guest without a balloon device waits before the link looks again.
+    device_recheck_s: float = NO_DEVICE_RECHECK_S
 
 
 class GuestController:
@@ -129,7 +132,15 @@ class GuestController:
         self.decisions = Counter[str]()
         self._policy: ResolvedPolicy | None = None
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stop_event = asyncio.Event()
+        #: When the guest last sent a new stats report (monotonic; see GuestView).
+        self.last_report_s: float | None = None
+        self._last_update_seen: int | None = None
+        #: The stats polling interval applied since the last connect; None: not yet.
+        self._stats_interval_s: int | None = None
+        self._no_device_logged = False
+        #: The manual target a dry run last reported as not applied.
+        self._dry_run_manual: int | None = None
         link.on_event = self._on_event
 
     def __repr__(self) -> str:
@@ -141,9 +152,14 @@ class GuestController:
         self._wake.set()
 
     def stop(self) -> None:
-        """Ask the loop to finish its current step and return."""
-        self._stopping = True
+        """Ask the loop to finish its current step and return (also ends a connect that
+        is still retrying)."""
+        self._stop_event.set()
         self._wake.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop_event.is_set()
 
     def set_intent(self, intent: Intent) -> None:
         self.intent = intent
@@ -172,6 +188,16 @@ class GuestController:
             self._policy = self._policy_for(self.link.boot_bytes)
         return self._policy
 
+    def stats_stale_s(self) -> int | None:
+        """Seconds since the guest's last new stats report, once that is long enough for
+        the engine to call its stats stale; None while stats flow (or before a connect)."""
+        if self.last_report_s is None:
+            return None
+        age_s = self._clock() - self.last_report_s
+        if age_s <= stale_after_s(self.timing.poll_interval_s):
+            return None
+        return int(age_s)
+
     def view(self) -> GuestView | None:
         """A frozen view of this guest for the engine and the host planner."""
         if self.link.boot_bytes is None or not self.history:
@@ -183,6 +209,7 @@ class GuestController:
             target_bytes=self.target_bytes,
             last_deflate_s=self.last_deflate_s,
             external_change_s=self.external_change_s,
+            last_report_s=self.last_report_s,
             last_reason=self.last_reason,
         )
 
@@ -200,41 +227,27 @@ class GuestController:
         )
 
     # --- the loop -------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event) -> None:
-        """Connect, poll and act until ``stop`` is set or :meth:`stop` is called."""
-        interval = max(1, round(self.timing.poll_interval_s))
+    async def run(self) -> None:
+        """Connect, poll and act until :meth:`stop` is called."""
         due_s = 0.0  # when the next regular cycle is due
         try:
-            while not self._done(stop):
+            while not self._done():
                 if not self.link.state.connected:
-                    ok = await self.link.connect_with_retry(
-                        attempt_timeout_s=self.timing.connect_timeout_s, stop=stop
-                    )
-                    if not ok or self._done(stop):
+                    if not await self._connect():
                         break
-                    self.history.clear()
-                    self._policy = None
                     # Guests connected together (start-up, a QEMU restart) would poll in
                     # step, and the daemon and every QEMU would get their work in bursts:
                     # after its first cycle, each guest keeps a phase of its own.
                     due_s = self._clock() + random.uniform(0, self.timing.poll_interval_s)
-                    if self.link.state is LinkState.NO_DEVICE:
-                        self.log.warning("no virtio-balloon device: left alone")
-                    else:
-                        await self._guard(
-                            self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
-                        )
                 if self.link.state is LinkState.NO_DEVICE:
-                    await self._sleep(NO_DEVICE_RECHECK_S, stop)
-                    await self.link.connect_with_retry(
-                        attempt_timeout_s=self.timing.connect_timeout_s, stop=stop
-                    )
+                    # A device can be hot-plugged: look again, through a fresh connect so
+                    # that a device found then gets the same set-up as at start.
+                    await self._sleep(self.timing.device_recheck_s)
+                    if self._done() or not await self._connect():
+                        break
                     continue
-                if max(1, round(self.timing.poll_interval_s)) != interval:
-                    interval = max(1, round(self.timing.poll_interval_s))
-                    await self._guard(
-                        self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
-                    )
+                if self._stats_interval_s != self._wanted_stats_interval_s():
+                    await self._guard(self._enable_stats())
                 started_s = self._clock()
                 await self._guard(self._cycle())
                 interval_s = self.timing.poll_interval_s
@@ -245,15 +258,56 @@ class GuestController:
                 # the guests the loop woke late poll together.
                 if started_s > due_s - interval_s / 2:
                     due_s += (max(0.0, started_s - due_s) // interval_s + 1) * interval_s
-                await self._sleep(due_s - self._clock(), stop)
+                await self._sleep(due_s - self._clock())
         finally:
             await self.link.close()
 
-    def _done(self, stop: asyncio.Event) -> bool:
-        return self._stopping or stop.is_set()
+    async def _connect(self) -> bool:
+        """Connect (retrying until :meth:`stop`) and set the guest up: the one path every
+        connect and reconnect takes, whatever the link found before.
 
-    async def _sleep(self, seconds: float, stop: asyncio.Event) -> None:
-        if seconds <= 0 or self._done(stop):
+        A new connection may lead to a new QEMU, or to a balloon device that was not there
+        before, so: history cleared, policy resolved again against the boot memory read on
+        this connect, stats polling turned on. False once stopped.
+        """
+        ok = await self.link.connect_with_retry(
+            attempt_timeout_s=self.timing.connect_timeout_s, stop=self._stop_event
+        )
+        if not ok or self._done():
+            return False
+        self.history.clear()
+        self._policy = None
+        self._stats_interval_s = None
+        if self.last_report_s is None:
+            # The stale-stats clock starts at the first connect: a guest this daemon finds
+            # shrunk and silent (a restart after a crash) is handed back in time too.
+            self.last_report_s = self._clock()
+        if self.link.state is LinkState.NO_DEVICE:
+            if not self._no_device_logged:
+                self.log.warning(
+                    "no virtio-balloon device: left alone (looking again every %.0fs)",
+                    self.timing.device_recheck_s,
+                )
+                self._no_device_logged = True
+            return True
+        self._no_device_logged = False
+        await self._guard(self._enable_stats())
+        return True
+
+    def _wanted_stats_interval_s(self) -> int:
+        """QEMU's stats polling interval: whole seconds, at least 1."""
+        return max(1, round(self.timing.poll_interval_s))
+
+    async def _enable_stats(self) -> None:
+        interval = self._wanted_stats_interval_s()
+        await self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
+        self._stats_interval_s = interval
+
+    def _done(self) -> bool:
+        return self._stop_event.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self._done():
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
@@ -279,9 +333,10 @@ class GuestController:
         sample = GuestSample(t_s=now, actual_bytes=actual, stats=stats if stats.valid else None)
         self._notice_external(sample)
         self.history.append(sample)
-        if self.link.state is LinkState.NO_DRIVER:
-            return
-        if self._stopping:
+        if stats.valid and stats.last_update != self._last_update_seen:
+            self._last_update_seen = stats.last_update
+            self.last_report_s = now
+        if self._done():
             return  # shutting down: start no new balloon change
         await self._act()
 
@@ -330,11 +385,27 @@ class GuestController:
         if intent.mode is Mode.PAUSED:
             return
         if intent.mode is Mode.MANUAL and intent.manual_target_bytes is not None:
-            if self.target_bytes != intent.manual_target_bytes:
+            wanted = intent.manual_target_bytes
+            if self.dry_run:
+                # Dry-run means no balloon moves, an operator's included: say once what
+                # would happen, as for the engine's decisions.
+                if self._dry_run_manual != wanted:
+                    self._dry_run_manual = wanted
+                    self.log.info("dry-run: would set %s for the operator", fmt_size(wanted))
+                    self._record(
+                        actor="operator",
+                        old=self.history[-1].actual_bytes,
+                        new=wanted,
+                        reason="manual",
+                        explanation=f"operator set {fmt_size(wanted)}; dry run: balloon left alone",
+                        sample=self.history[-1],
+                    )
+                return
+            if self.target_bytes != wanted:
                 await self._apply(
-                    intent.manual_target_bytes,
+                    wanted,
                     reason="manual",
-                    explanation=f"operator set {fmt_size(intent.manual_target_bytes)}",
+                    explanation=f"operator set {fmt_size(wanted)}",
                     actor="operator",
                 )
             return

@@ -290,6 +290,12 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
         out.append("dry run: balloond decides and logs but changes nothing")
     if status.get("reload_error"):
         out.append(f"last reload REFUSED (old config kept): {status['reload_error']}")
+    for failure in status.get("task_failures") or []:
+        again = "; restarting" if failure.get("restarting") else ""
+        out.append(
+            f"task {failure.get('task')} FAILED {failure.get('failures')}x, "
+            f"last: {failure.get('last_error')}{again}"
+        )
     if len(rows) == 1:
         out.append("no guests")
     else:
@@ -314,6 +320,8 @@ def format_guest(g: dict[str, Any], *, now: float | None = None) -> str:
     ]
     if g.get("host_cap_bytes") is not None:
         lines.append(f"host cap:   {mib(g.get('host_cap_bytes'))} MiB")
+    if g.get("stats_stale_s") is not None:
+        lines.append(f"stats:      STALE, no guest report for {g['stats_stale_s']} s")
     lines.append(f"last:       {action} ({reason})")
     return "\n".join(lines)
 

@@ -1,15 +1,16 @@
 """The supervisor: wires discovery, guest controllers, the host planner and the adapters.
 
 It owns one named task per guest and a few daemon-wide tasks (discovery rescan, host
-planner). A guest task that ends unexpectedly is logged with its traceback and restarted
-after a pause; it never takes another guest down. Shutdown is staged: controllers are
-asked to finish their current step, then waited for within a budget, then cancelled.
+planner), all started through one :class:`~balloond.tasks.Supervisor`: a task that ends
+unexpectedly is logged with its traceback and restarted with backoff, it never takes another
+guest down, and its failure shows in ``balloonctl status``, the metrics and systemd's
+STATUS. Shutdown is staged: controllers are asked to finish their current step, then waited
+for within a budget, then cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -27,11 +28,10 @@ from balloond.link import GuestLink, LinkState, silence_qmp_library_logs
 from balloond.policy import Reason, Reclaim, ResolvedPolicy, plan_host
 from balloond.state import StateStore
 from balloond.stats import HostSnapshot
+from balloond.tasks import Supervisor, sleep_unless
 
 log = logging.getLogger("balloond.daemon")
 
-#: A guest task that crashed is started again after this long.
-RESTART_DELAY_S = 5.0
 #: How long shutdown waits for controllers to finish their step before cancelling them.
 STOP_BUDGET_S = 3.0
 #: Decision reasons that mean the guest needed memory.
@@ -67,7 +67,6 @@ class Daemon:
         self._clock = clock
         self.audit = AuditLog(config.daemon.audit_path)
         self.guests: dict[str, GuestController] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.host: HostSnapshot | None = None
         self.host_caps: dict[str, int] = {}
         self.started_s = clock()
@@ -75,7 +74,8 @@ class Daemon:
         #: Called with (controller, record) for every change and audit record.
         self.listeners: list[Callable[[GuestController, dict[str, Any]], None]] = []
         self._stop = asyncio.Event()
-        self._discovered = asyncio.Event()
+        #: Owns every long-lived task: guests, daemon-wide loops, and the service's adapters.
+        self.supervisor = Supervisor(self._stop)
         self.store = StateStore(Path(config.daemon.state_dir))
         #: Intents restored from the state store; kept for guests not (yet) present.
         self.saved_intents: dict[str, Intent] = self.store.load()
@@ -95,6 +95,7 @@ class Daemon:
             qmp_timeout_s=d.qmp_timeout_s,
             connect_timeout_s=d.qmp_timeout_s,
             history_len=d.history_len,
+            device_recheck_s=d.device_recheck_s,
         )
 
     def _policy_resolver(
@@ -157,6 +158,7 @@ class Daemon:
             "dry_run": self.dry_run,
             "config": str(self.config_path) if self.config_path else None,
             "reload_error": self.reload_error,
+            "task_failures": self.supervisor.failures(),
             "host": (
                 {
                     "total_bytes": host.total_bytes,
@@ -213,12 +215,11 @@ class Daemon:
         for name in list(self.guests):
             if name not in wanted or wanted[name] != self.guests[name].link.socket_path:
                 log.info("guest %s went away", name)
-                self.guests[name].stop()
-                del self.guests[name]
+                self.guests.pop(name).stop()  # its task ends, even mid-reconnect
+                self.supervisor.forget(f"guest:{name}")
         for name, path in wanted.items():
             if name not in self.guests:
                 self._start_guest(name, path)
-        self._discovered.set()
 
     def _start_guest(self, name: str, path: Path) -> None:
         intent = self.saved_intents.get(name)
@@ -237,33 +238,17 @@ class Daemon:
         )
         self.guests[name] = ctrl
         log.info("guest %s at %s (policy %s)", name, path, policy_name)
-        self._spawn(ctrl)
+        self.supervisor.start(
+            f"guest:{name}",
+            functools.partial(self._run_guest, ctrl),
+            keep=lambda: self.guests.get(name) is ctrl and not ctrl.stopped,
+        )
 
-    def _spawn(self, ctrl: GuestController) -> None:
-        task = asyncio.create_task(self._guard_guest(ctrl), name=f"guest:{ctrl.name}")
-        self._tasks[ctrl.name] = task
-        task.add_done_callback(functools.partial(self._forget_task, ctrl.name))
-
-    def _forget_task(self, name: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(name) is task:
-            del self._tasks[name]
-
-    async def _guard_guest(self, ctrl: GuestController) -> None:
-        while not self._stop.is_set() and self.guests.get(ctrl.name) is ctrl:
-            try:
-                await ctrl.run(self._stop)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A bug in one guest's handling must not end the daemon or other guests.
-                log.exception(
-                    "guest %s: controller failed; restarting in %.0fs", ctrl.name, RESTART_DELAY_S
-                )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RESTART_DELAY_S):
-                        await self._stop.wait()
-                ctrl.link = GuestLink(ctrl.name, ctrl.link.socket_path, on_event=ctrl.link.on_event)
+    async def _run_guest(self, ctrl: GuestController) -> None:
+        """One run of a guest's controller; after a failure, with a fresh link."""
+        if ctrl.link.state is LinkState.CLOSED:
+            ctrl.link = GuestLink(ctrl.name, ctrl.link.socket_path, on_event=ctrl.link.on_event)
+        await ctrl.run()
 
     def _notify(self, ctrl: GuestController, record: dict[str, Any]) -> None:
         if record.get("intent") == "expired":
@@ -319,18 +304,11 @@ class Daemon:
         while not self._stop.is_set():
             self.plan()
             self.cycles += 1
-            await self._sleep(self.config.daemon.poll_interval_s)
+            await sleep_unless(self._stop, self.config.daemon.poll_interval_s)
 
     async def _discovery_loop(self) -> None:
-        while not self._stop.is_set():
-            await self._sleep(self.config.discovery.rescan_interval_s)
-            if not self._stop.is_set():
-                self.rescan()
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stop.wait()
+        while not await sleep_unless(self._stop, self.config.discovery.rescan_interval_s):
+            self.rescan()
 
     # --- lifecycle -----------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -342,6 +320,11 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def stop_event(self) -> asyncio.Event:
+        """Set once the daemon begins to stop; adapters run until it is set."""
+        return self._stop
+
     async def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
         """Discover, start every guest and the daemon-wide loops; return after a stop."""
         silence_qmp_library_logs()
@@ -349,27 +332,13 @@ class Daemon:
         if on_ready is not None:
             on_ready()
         self.ready.set()
-        loops = [
-            asyncio.create_task(self._host_loop(), name="host-planner"),
-            asyncio.create_task(self._discovery_loop(), name="discovery"),
-        ]
+        self.supervisor.start("host-planner", self._host_loop, forever=True)
+        self.supervisor.start("discovery", self._discovery_loop, forever=True)
         try:
             await self._stop.wait()
         finally:
             self.request_stop()
-            for task in loops:
-                task.cancel()
-            pending = [t for t in list(self._tasks.values()) if not t.done()]
-            if pending:
-                _, late = await asyncio.wait(pending, timeout=STOP_BUDGET_S)
-                for task in late:
-                    log.warning(
-                        "%s did not stop in %.0fs; cancelling", task.get_name(), STOP_BUDGET_S
-                    )
-                    task.cancel()
-                if late:
-                    await asyncio.wait(late, timeout=1.0)
-            await asyncio.gather(*loops, return_exceptions=True)
+            await self.supervisor.shutdown(STOP_BUDGET_S)
             self.intents_changed()
             self.audit.close()
             log.info("stopped")

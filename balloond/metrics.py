@@ -164,6 +164,21 @@ class DaemonCollector:
             "1 while the last reload was refused (the old config still runs)",
             value=1 if d.reload_error else 0,
         )
+        failures = CounterMetricFamily(
+            "balloond_task_failures",
+            "Unexpected ends of supervised tasks (each was logged and restarted)",
+            labels=["task"],
+        )
+        restarting = GaugeMetricFamily(
+            "balloond_task_restarting",
+            "1 while a failed task waits out its backoff before it is started again",
+            labels=["task"],
+        )
+        for failure in d.supervisor.failed.values():
+            failures.add_metric([failure.task], failure.failures)
+            restarting.add_metric([failure.task], 1 if failure.restarting else 0)
+        yield failures
+        yield restarting
         if d.host is not None:
             yield GaugeMetricFamily(
                 "balloond_host_total_bytes", "Host memory (MemTotal)", value=d.host.total_bytes

@@ -46,9 +46,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from balloond import tasks
 from balloond.commands import Commands, error_reply, guest_status, request_id
 from balloond.config import MqttConfig
 from balloond.errors import BrokerError, ConfigError, RequestError
+from balloond.tasks import cancel_and_wait, sleep_unless
 
 if TYPE_CHECKING:
     from balloond.controller import GuestController
@@ -69,9 +71,12 @@ MAX_QUEUED_REQUESTS = 1024
 MAX_PACKET_BYTES = 1024 * 1024
 #: Events sent before the guests' states get their turn, so a burst cannot starve them.
 EVENTS_PER_ROUND = 100
-#: On shutdown, how long the final ``offline`` and the disconnect may each take (the
-#: service gives all adapters 1.5 s together, inside systemd's stop timeout).
+#: On shutdown, how long the final ``offline`` and the disconnect may each take.
 SHUTDOWN_PUBLISH_S = 0.5
+#: Once asked to stop, how long a session may take to say goodbye, whatever the broker is
+#: doing (connecting, hung, flooded) before it is cut short: the adapter's share of the
+#: daemon's stop budget (daemon.STOP_BUDGET_S), inside systemd's TimeoutStopSec.
+STOP_BUDGET_S = 2.0
 #: CONNACK codes that mean "this broker does not speak MQTT v5" (3.1.1's 1, v5's 132).
 _UNSUPPORTED_PROTOCOL = frozenset({1, 132})
 _TOPIC_UNSAFE = re.compile(r"[%/+#\x00]")
@@ -234,11 +239,10 @@ class StateThrottle:
 
 
 def backoff_s(attempt: int, *, cap_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Delay before reconnect attempt ``attempt`` (0-based): exponential from
-    RECONNECT_MIN_S, capped, and randomised into its upper half so that many daemons that
-    lost one broker do not all come back in the same instant."""
-    ceiling = min(cap_s, RECONNECT_MIN_S * 2.0 ** min(attempt, 32))
-    return ceiling * (0.5 + 0.5 * rand())
+    """Delay before reconnect attempt ``attempt`` (0-based), from RECONNECT_MIN_S up to
+    ``cap_s`` (:func:`balloond.tasks.backoff_s`: many daemons that lost one broker must not
+    all come back in the same instant)."""
+    return tasks.backoff_s(attempt, initial_s=RECONNECT_MIN_S, cap_s=cap_s, rand=rand)
 
 
 # --- the adapter ------------------------------------------------------------------------------
@@ -339,10 +343,10 @@ class MqttAdapter:
                 cfg = self._config()
                 if cfg is None:
                     self._set_state(BrokerState.IDLE, "no [mqtt] section")
-                    await _sleep(SCAN_INTERVAL_S * 5, stop)
+                    await sleep_unless(stop, SCAN_INTERVAL_S * 5)
                     continue
                 try:
-                    await self._session(cfg, stop)
+                    await self._session_until_stopped(cfg, stop)
                     why = "disconnected"
                 except _Reconfigured:
                     attempt = 0
@@ -359,7 +363,7 @@ class MqttAdapter:
                 delay = backoff_s(attempt, cap_s=cfg.reconnect_max_s, rand=self._rand)
                 attempt += 1
                 self._set_state(BrokerState.BACKOFF, f"{why}; next attempt in {delay:.1f}s")
-                await _sleep(delay, stop)
+                await sleep_unless(stop, delay)
         finally:
             with contextlib.suppress(ValueError):
                 self.daemon.listeners.remove(self._on_record)
@@ -421,6 +425,25 @@ class MqttAdapter:
             raise BrokerError(f"connecting to {where} timed out") from exc
         return _Session(client=client, cfg=cfg, topics=Topics(cfg.effective_prefix()), v5=v5)
 
+    async def _session_until_stopped(self, cfg: MqttConfig, stop: asyncio.Event) -> None:
+        """:meth:`_session`, cut short :data:`STOP_BUDGET_S` after ``stop`` if the broker
+        keeps it busy (a connect or subscribe waiting out its timeout, a hung broker)."""
+        session = asyncio.create_task(self._session(cfg, stop), name="mqtt:session")
+        stopped = asyncio.create_task(stop.wait(), name="mqtt:stop-wait")
+        try:
+            await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done():
+                await asyncio.wait({session}, timeout=STOP_BUDGET_S)
+                if not session.done():
+                    log.warning(
+                        "the broker kept the session busy %.1fs after stop; cutting it short",
+                        STOP_BUDGET_S,
+                    )
+        finally:
+            await cancel_and_wait({session, stopped})
+        if not session.cancelled():
+            session.result()  # its BrokerError, ConfigError or _Reconfigured
+
     async def _session(self, cfg: MqttConfig, stop: asyncio.Event) -> None:
         """One connection, from connect to its loss (raises BrokerError) or ``stop``."""
         s = await self._connect(cfg)
@@ -434,7 +457,11 @@ class MqttAdapter:
             reconfigured = True
             raise
         finally:
-            await self._end(s, goodbye=stop.is_set() or reconfigured)
+            try:
+                await self._end(s, goodbye=stop.is_set() or reconfigured)
+            except asyncio.CancelledError:
+                _close_socket(s.client)  # cut short: no half-open session left behind
+                raise
 
     async def _begin(self, s: _Session) -> None:
         """A new session: say online, subscribe, republish every guest's state."""
@@ -492,9 +519,7 @@ class MqttAdapter:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
         for task in done:
             exc = task.exception()
             if exc is not None:
@@ -647,10 +672,3 @@ def _close_socket(client: aiomqtt.Client) -> None:
     unregisters the socket from the event loop; there is no public way to do this.
     """
     client._client._sock_close()
-
-
-async def _sleep(seconds: float, stop: asyncio.Event) -> None:
-    """Sleep, but wake at once when ``stop`` is set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()

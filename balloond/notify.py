@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import errno
 import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,14 @@ log = logging.getLogger("balloond.notify")
 
 #: How often STATUS= is refreshed.
 STATUS_INTERVAL_S = 5.0
+#: Keys of messages that are never dropped for a full queue.
+MUST_DELIVER = frozenset({"READY", "RELOADING", "STOPPING"})
+#: How many such messages may wait; more would mean systemd is gone, not busy.
+MAX_BACKLOG = 32
+#: How often a waiting message is tried again.
+RETRY_S = 0.02
+#: How long STOPPING=1 may wait for room in systemd's queue at shutdown.
+STOPPING_DRAIN_S = 2.0
 #: The control loop counts as turning if its cycle counter moved within this many of its
 #: poll intervals (a loop slower than half the watchdog must not be taken for a wedged one).
 STALL_POLL_INTERVALS = 3.0
@@ -57,7 +68,16 @@ def notify_address(value: str | None) -> str | bytes | None:
 
 
 class Notifier:
-    """Sends sd_notify messages; never raises, and is silent without a socket."""
+    """Sends sd_notify messages; never raises, and is silent without a socket.
+
+    systemd's queue for the notify socket is short (``net.unix.max_dgram_qlen``, often 10
+    datagrams) and a busy systemd may not read it for a while. A message with ``READY``,
+    ``RELOADING`` or ``STOPPING`` must not be lost to a full queue: it waits in
+    :attr:`backlog`, in order, until :meth:`flush` gets it out (the adapter retries it every
+    few milliseconds). ``STATUS`` and ``WATCHDOG`` are superseded by the next one, so one
+    that finds the queue full, or finds a backlog it may not overtake, is dropped, with one
+    log line until a send goes through again.
+    """
 
     def __init__(self, address: str | None = None, *, env: Mapping[str, str] = os.environ) -> None:
         raw = address if address is not None else env.get("NOTIFY_SOCKET")
@@ -66,35 +86,101 @@ class Notifier:
             log.warning("NOTIFY_SOCKET=%r is not a unix socket address; not notifying", raw)
         self._sock: socket.socket | None = None
         self._failed = False
+        self._dropping = False
+        #: Messages that must reach systemd, oldest first, waiting for room in its queue.
+        self.backlog: deque[bytes] = deque(maxlen=MAX_BACKLOG)
+        #: STATUS/WATCHDOG messages dropped because systemd's queue was full.
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
 
     def send(self, **fields: str | int) -> bool:
-        """Send ``KEY=value`` lines in one datagram; True if it was sent."""
+        """Send ``KEY=value`` lines in one datagram; True if it was sent now.
+
+        A message that must not be lost and cannot go now stays in :attr:`backlog`.
+        """
         if self.address is None:
             return False
         text = "\n".join(f"{key}={_one_line(str(value))}" for key, value in fields.items())
+        data = text.encode()
+        if MUST_DELIVER & fields.keys():
+            self.backlog.append(data)
+            return self.flush()
+        if self.backlog and not self.flush():
+            self._drop(next(iter(fields)), "behind messages that must go first")
+            return False
+        outcome = self._sendto(data)
+        if outcome is _Outcome.FULL:
+            self._drop(next(iter(fields)), "systemd's notify queue is full")
+        return outcome is _Outcome.SENT
+
+    def flush(self) -> bool:
+        """Send what waits in :attr:`backlog`, in order; True once it is empty."""
+        while self.backlog:
+            if self._sendto(self.backlog[0]) is not _Outcome.SENT:
+                return False
+            self.backlog.popleft()
+        return True
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Keep flushing the backlog for up to ``timeout_s``; True once it is empty."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                # Nothing signals room in another process's socket queue: poll for it.
+                while not self.flush():  # noqa: ASYNC110
+                    await asyncio.sleep(RETRY_S)
+        if self.backlog:
+            log.error(
+                "systemd did not take %d message(s) within %.1fs: %s",
+                len(self.backlog),
+                timeout_s,
+                b" | ".join(self.backlog).decode(errors="replace"),
+            )
+            return False
+        return True
+
+    def _sendto(self, data: bytes) -> _Outcome:
+        assert self.address is not None
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._sock.setblocking(False)
-            self._sock.sendto(text.encode(), self.address)
+            self._sock.sendto(data, self.address)
+        except (BlockingIOError, InterruptedError):
+            return _Outcome.FULL  # EAGAIN: systemd's queue is full; it will read it
         except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                return _Outcome.FULL
             # systemd gone or restarting: report once, keep running, try again next time.
             if not self._failed:
                 log.warning("cannot notify systemd at %s: %s", _show(self.address), exc)
             self._failed = True
             self.close()
-            return False
+            return _Outcome.FAILED
         self._failed = False
-        return True
+        if self._dropping:
+            log.info("systemd takes notify messages again (%d dropped)", self.dropped)
+            self._dropping = False
+        return _Outcome.SENT
+
+    def _drop(self, key: str, why: str) -> None:
+        self.dropped += 1
+        if not self._dropping:
+            log.warning("%s= not sent: %s (a newer one will follow)", key, why)
+            self._dropping = True
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class _Outcome(enum.Enum):
+    SENT = "sent"
+    FULL = "full"  # try again soon
+    FAILED = "failed"  # no systemd there now
 
 
 def watchdog_interval_s(env: Mapping[str, str] = os.environ) -> float | None:
@@ -129,6 +215,13 @@ def status_line(daemon: Daemon) -> str:
         parts.append("dry run")
     if daemon.reload_error:
         parts.append(f"last reload refused: {daemon.reload_error}")
+    failed = daemon.supervisor.failed
+    if failed:
+        latest = max(failed.values(), key=lambda f: f.last_failure_time)
+        parts.append(
+            f"{daemon.supervisor.failures_total} task failure(s), "
+            f"latest {latest.task}: {latest.last_error}"
+        )
     return ", ".join(parts)
 
 
@@ -186,6 +279,7 @@ class NotifyAdapter:
         finally:
             if stop.is_set():
                 self.notifier.send(STOPPING=1, STATUS="stopping")
+                await self.notifier.drain(STOPPING_DRAIN_S)
                 self.notifier.close()
 
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -194,14 +288,16 @@ class NotifyAdapter:
             period = min(period, self.watchdog_s)
         next_status = 0.0
         while not stop.is_set():
+            self.notifier.flush()  # a READY or RELOADING that found systemd's queue full
             now = time.monotonic()
             if self.watchdog_s is not None:
                 self.watchdog_tick(now)
             if now >= next_status:
                 self.notifier.send(STATUS=status_line(self.daemon))
                 next_status = now + self.status_interval_s
+            wait_s = RETRY_S if self.notifier.backlog else period
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
+                async with asyncio.timeout(wait_s):
                     await stop.wait()
 
     def watchdog_tick(self, now: float) -> bool:

@@ -1,15 +1,18 @@
 """Running balloond as a service: the daemon plus its adapters, under signals.
 
 ``serve()`` builds the :class:`~balloond.daemon.Daemon`, starts each configured adapter
-(control socket, metrics, MQTT, systemd notify) as a named task, and maps signals:
-SIGTERM/SIGINT stop, SIGHUP reloads. An adapter that fails is logged and the daemon
-keeps controlling its guests: adapters serve operators, the control loop serves guests.
+(control socket, metrics, MQTT, systemd notify) as a task of the daemon's supervisor, and
+maps signals: SIGTERM/SIGINT stop, SIGHUP reloads. An adapter that fails is logged,
+restarted with backoff and shown in ``balloonctl status``; the daemon keeps controlling its
+guests meanwhile: adapters serve operators, the control loop serves guests. Adapters stop
+with the daemon, within the same stop budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import resource
@@ -20,7 +23,6 @@ from typing import Protocol
 from balloond import __version__
 from balloond.config import Config
 from balloond.daemon import Daemon
-from balloond.errors import BalloondError
 
 log = logging.getLogger("balloond")
 
@@ -30,12 +32,6 @@ log = logging.getLogger("balloond")
 #: samples for each, and under the default it ran a full collection every two seconds that
 #: stopped the event loop for about 0.3 s at 2,000 guests (benchmarks/scale.py).
 GC_THRESHOLDS = (10_000, 10, 10)
-#: An adapter that fails is started again after this long.
-ADAPTER_RESTART_S = 5.0
-#: How long adapters get to finish once the daemon has stopped. They were told to stop at
-#: the same time as the daemon, whose own budget is STOP_BUDGET_S plus 1 s of cancelling,
-#: so the whole stop stays within 5 s, inside systemd's TimeoutStopSec.
-ADAPTER_STOP_S = 1.0
 
 
 def raise_open_file_limit() -> None:
@@ -87,24 +83,6 @@ def build_adapters(daemon: Daemon) -> list[Adapter]:
     return adapters
 
 
-async def _supervise(adapter: Adapter, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await adapter.run(stop)
-            return
-        except asyncio.CancelledError:
-            raise
-        except (OSError, BalloondError) as exc:
-            # Expected trouble (a port in use, a broker away): one clear line, no traceback.
-            log.error("%s: %s; retrying in %.0fs", adapter.name, exc, ADAPTER_RESTART_S)
-        except Exception:
-            # An adapter's bug must not end the daemon; guests are still controlled.
-            log.exception("%s failed; restarting in %.0fs", adapter.name, ADAPTER_RESTART_S)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(ADAPTER_RESTART_S):
-                await stop.wait()
-
-
 async def serve(
     config: Config,
     *,
@@ -120,14 +98,8 @@ async def serve(
     gc.set_threshold(*GC_THRESHOLDS)
     raise_open_file_limit()
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_stop() -> None:
-        stop.set()
-        daemon.request_stop()
-
-    loop.add_signal_handler(signal.SIGTERM, on_stop)
-    loop.add_signal_handler(signal.SIGINT, on_stop)
+    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     mode = " (dry run: no balloon will be changed)" if daemon.dry_run else ""
     log.info("balloond %s starting%s", __version__, mode)
@@ -136,16 +108,14 @@ async def serve(
         from balloond.recorder import TraceRecorder
 
         adapters.append(TraceRecorder(daemon, record_trace_dir))
-    tasks = [asyncio.create_task(_supervise(a, stop), name=f"adapter:{a.name}") for a in adapters]
+    for adapter in adapters:
+        # The daemon's own stop event: adapters stop with it, within its stop budget.
+        daemon.supervisor.start(
+            f"adapter:{adapter.name}", functools.partial(adapter.run, daemon.stop_event)
+        )
     try:
         await daemon.run()
     finally:
-        stop.set()
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=ADAPTER_STOP_S)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0

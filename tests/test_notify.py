@@ -22,6 +22,7 @@ from balloond.notify import (
     status_line,
     watchdog_interval_s,
 )
+from balloond.tasks import Supervisor, TaskFailure
 from balloond.units import GiB
 
 
@@ -126,6 +127,7 @@ def _fake_daemon(**summary: Any) -> Any:
         reload_hooks=[],
         cycles=0,
         config=SimpleNamespace(daemon=SimpleNamespace(poll_interval_s=0.1)),
+        supervisor=Supervisor(asyncio.Event()),
     )
 
 
@@ -136,6 +138,61 @@ def test_status_line() -> None:
     )
     fake.reload_error = "policy.x: bad"
     assert status_line(cast(Daemon, fake)).endswith("last reload refused: policy.x: bad")
+    failure = fake.supervisor.failed.setdefault("host-planner", TaskFailure("host-planner"))
+    failure.failures, failure.last_error = 2, "KeyError: 'MemAvailable'"
+    assert status_line(cast(Daemon, fake)).endswith(
+        "2 task failure(s), latest host-planner: KeyError: 'MemAvailable'"
+    )
+
+
+def _fill(notifier: Notifier) -> int:
+    """Send STATUS until systemd's end has no room (its queue is net.unix.max_dgram_qlen
+    datagrams); returns how many went out."""
+    sent = 0
+    while notifier.send(STATUS=f"filler {sent}"):
+        sent += 1
+        assert sent < 100_000, "the listener's queue never filled"
+    return sent
+
+
+def test_ready_reloading_stopping_wait_out_a_full_queue_status_does_not(
+    path_listener: tuple[str, Listener],
+) -> None:
+    address, listener = path_listener
+    notifier = Notifier(address)
+    sent = _fill(notifier)
+    assert notifier.dropped == 1  # the STATUS that found no room: superseded, dropped
+    assert not notifier.send(RELOADING=1)
+    assert not notifier.send(READY=1, STATUS="ready again")
+    assert not notifier.send(WATCHDOG=1)  # may not overtake READY: dropped
+    assert not notifier.send(STOPPING=1)
+    assert len(notifier.backlog) == 3
+    assert len(listener.drain()) == sent  # systemd catches up
+    assert notifier.flush()
+    assert [next(iter(m)) for m in listener.drain()] == ["RELOADING", "READY", "STOPPING"]
+
+
+async def test_stopping_reaches_a_slow_systemd(path_listener: tuple[str, Listener]) -> None:
+    address, listener = path_listener
+    fake = _fake_daemon()
+    fake.ready.set()
+    adapter = NotifyAdapter(cast(Daemon, fake), notifier=Notifier(address), status_interval_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(adapter.run(stop), name="notify-under-test")
+    try:
+        assert "READY" in await listener.until("READY")
+        _fill(adapter.notifier)
+        stop.set()
+        await asyncio.sleep(0.3)  # systemd busy elsewhere for a while, then it reads
+        received = listener.drain()
+        while not task.done():
+            received += listener.drain()
+            await asyncio.sleep(0.01)
+        received += listener.drain()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert "STOPPING" in received[-1]
 
 
 def test_watchdog_is_withheld_while_the_loop_stalls(path_listener: tuple[str, Listener]) -> None:

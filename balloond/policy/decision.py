@@ -16,8 +16,8 @@ class Reason(StrEnum):
     audit log carry them, and operators grep for them.
 
     Codes that come with a target (a change): pressure, oom-risk, thrashing, guest-deflate,
-    below-floor, idle, above-max, host-pressure, host-recovered, off. The others, and any of
-    those when the balloon cannot move further, come with ``target_bytes=None``.
+    below-floor, idle, above-max, host-pressure, host-recovered, stats-lost, off. The others,
+    and any of those when the balloon cannot move further, come with ``target_bytes=None``.
     """
 
     #: Available memory is below ``free_low``: deflate at once.
@@ -57,6 +57,9 @@ class Reason(StrEnum):
     NO_STATS = "no-stats"
     #: The guest's statistics stopped updating.
     STALE_STATS = "stale-stats"
+    #: Fail-safe: no fresh stats for ``stale_release_s`` while the guest was below
+    #: ``max_size``: balloond is blind to its pressure, so it hands the memory back.
+    STATS_LOST = "stats-lost"
     #: The policy says ``reclaim = "off"``.
     OFF = "off"
 

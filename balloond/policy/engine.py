@@ -9,8 +9,10 @@ The ladder, first match wins:
 1. ``reclaim = "off"``: leave the balloon alone; hand back to ``max_size`` only a size that
    balloond itself set (so switching a guest to "off" undoes balloond's work, not an
    operator's).
-2. No stats, or stale stats: no change. Without a fresh picture balloond never moves a
-   balloon.
+2. No stats, or stale stats: no change. Without a fresh picture balloond never takes
+   memory. Fail-safe (``stats-lost``): when the guest has sent no new report for
+   ``stale_release_s`` while it is below ``max_size``, hand it back up to ``max_size``:
+   balloond can no longer see it run short. It is taken again only once stats flow.
 3. Guest pressure, any of: an OOM kill; available memory below ``free_low``; available memory
    falling fast enough to cross ``free_low`` within :data:`HORIZON_POLLS` polls; the guest
    deflating the balloon itself (deflate-on-oom); swap-in, major faults or allocation stalls
@@ -239,6 +241,32 @@ def _unobservable(
     )
 
 
+def _release_blind(
+    problem: Unobservable, *, guest: GuestView, policy: ResolvedPolicy, now_s: float
+) -> Decision | None:
+    """The stale-stats fail-safe: back to ``max_size`` once blind for ``stale_release_s``."""
+    current = problem.current_bytes
+    if current is None or guest.last_report_s is None or current >= policy.max_bytes:
+        return None
+    blind_s = now_s - guest.last_report_s
+    if blind_s < policy.stale_release_s:
+        return None
+    why = (
+        f"{problem.detail}; no guest report for {blind_s:.0f}s "
+        f"(stale_release_s {policy.stale_release_s:g}s): balloond cannot see this guest run "
+        f"short, so it hands back what it took: {explain.move(current, policy.max_bytes)}"
+    )
+    return Decision(
+        target_bytes=policy.max_bytes,
+        reason=Reason.STATS_LOST,
+        explanation=why,
+        current_bytes=current,
+        ceiling_bytes=policy.max_bytes,
+        free_low_bytes=policy.free_low_bytes,
+        free_high_bytes=policy.free_high_bytes,
+    )
+
+
 def _off(*, guest: GuestView, policy: ResolvedPolicy) -> Decision:
     current = guest.history[-1].actual_bytes if guest.history else None
     ours = guest.target_bytes is not None and guest.target_bytes < policy.max_bytes
@@ -276,6 +304,9 @@ def decide(
         return _off(guest=guest, policy=policy)
     obs = observe(guest=guest, now_s=now_s, poll_interval_s=poll_interval_s)
     if isinstance(obs, Unobservable):
+        released = _release_blind(obs, guest=guest, policy=policy, now_s=now_s)
+        if released is not None:
+            return released
         return _unobservable(obs, policy=policy, host_cap_bytes=host_cap_bytes)
 
     current, available = obs.current_bytes, obs.available_bytes

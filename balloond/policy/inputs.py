@@ -49,6 +49,9 @@ class ResolvedPolicy:
     external_backoff_s: float
     weight: int
     reclaim: Reclaim
+    #: Without a fresh guest report for this long, hand the guest back up to ``max_size``:
+    #: balloond can no longer see it run short.
+    stale_release_s: float = 30.0
     #: Where idle inflation aims: available memory in the middle of the band.
     band_mid_bytes: int = field(init=False)
     #: Available memory a guest always keeps: ``max(free_low, cache_floor)``.
@@ -80,6 +83,9 @@ class GuestView:
     last_deflate_s: float | None = None
     #: When a balloon change balloond did not make was last seen.
     external_change_s: float | None = None
+    #: When the guest last sent a new stats report (before its first: when the link
+    #: connected); None if unknown. Drives the stale-stats fail-safe.
+    last_report_s: float | None = None
     #: Reason of the last decision that set a target, so the engine can tell a guest it
     #: squeezed for the host (and should hand memory back to) from one that is simply idle.
     last_reason: Reason | None = None
