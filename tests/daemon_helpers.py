@@ -11,6 +11,10 @@ from typing import Any
 from balloond.config import Config
 from balloond.daemon import Daemon
 
+#: How long a test waits for something a running daemon does. Generous: a busy two-core
+#: machine running TCG guests is slow, and this is a deadline, not an expectation.
+WAIT_S = 120.0
+
 
 @contextlib.asynccontextmanager
 async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
@@ -19,14 +23,14 @@ async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
     ready = asyncio.Event()
     task = asyncio.create_task(daemon.run(on_ready=ready.set), name="daemon")
     try:
-        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.wait_for(ready.wait(), WAIT_S)
         yield daemon
     finally:
         daemon.request_stop()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, WAIT_S)
 
 
-async def until(check: Callable[[], bool], *, timeout_s: float = 10.0) -> bool:
+async def until(check: Callable[[], bool], *, timeout_s: float = WAIT_S) -> bool:
     """Poll ``check`` until it holds (True) or the time is up (False)."""
     end = time.monotonic() + timeout_s
     while not check():

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import running
+from daemon_helpers import WAIT_S, running, until
 
+from balloond.commands import Commands, guest_status
 from balloond.config import Config, parse_config
 from balloond.lab import LabGuest
-from balloond.link import GuestLink
+from balloond.link import GuestLink, LinkState
+from balloond.policy import Reason
 from balloond.units import MiB
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]
@@ -263,3 +265,116 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stopped" in err
+
+
+async def _audit(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "state" / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.lab
+async def test_a_hot_plugged_balloon_device_is_polled_and_managed(
+    make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    """QEMU starts without a balloon device; an operator adds one with device_add. The
+    guest is then managed like any other: stats polling on, stats flowing, decisions made
+    on fresh stats (not a shrink on the driver's first report and then stale-stats)."""
+    (guest,) = await boot(make_guest, ["hot"], memory_mib=512, balloon=False)
+    config = make_config(tmp_path, [guest], device_recheck_s=1.0)
+    async with running(config) as daemon:
+        ctrl = daemon.guests["hot"]
+        assert await until(lambda: ctrl.link.state is LinkState.NO_DEVICE)
+        await guest.monitor("device_add", {"driver": "virtio-balloon-pci", "id": "balloon0"})
+        assert await until(lambda: ctrl.link.state is LinkState.ACTIVE)
+
+        def reports() -> int:
+            return len({s.stats.last_update for s in ctrl.history if s.stats and s.stats.valid})
+
+        assert await until(lambda: reports() >= 5), "the guest's stats stopped flowing"
+        interval = await guest.monitor(
+            "qom-get",
+            {"path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval"},
+        )
+        assert interval == 1
+        assert await until(lambda: ctrl.target_bytes is not None), "nothing reclaimed"
+        assert ctrl.last_decision is not None
+        assert ctrl.last_decision.reason is not Reason.STALE_STATS
+
+
+@pytest.mark.lab
+async def test_dry_run_leaves_an_operators_target_alone_too(
+    make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    (guest,) = await boot(make_guest, ["dryset"], memory_mib=512)
+    config = make_config(tmp_path, [guest], dry_run=True)
+    async with running(config) as daemon:
+        ctrl = daemon.guests["dryset"]
+        assert await until(lambda: ctrl.link.state is LinkState.ACTIVE)
+        reply = await Commands(daemon).handle({"op": "set", "guest": "dryset", "size": "300MiB"})
+        assert reply["ok"], reply
+        assert reply["result"]["mode"] == "manual"
+
+        async def noted() -> bool:
+            return any(r["reason"] == "manual" for r in await _audit(tmp_path))
+
+        deadline = time.monotonic() + WAIT_S
+        while not await noted():
+            assert time.monotonic() < deadline, "the dry-run set was never recorded"
+            await asyncio.sleep(0.2)
+        polled = len(ctrl.history)
+        assert await until(lambda: len(ctrl.history) >= polled + 3)  # a few more cycles
+        assert all(s.actual_bytes == 512 * MiB for s in ctrl.history)
+        assert ctrl.target_bytes is None
+    manual = [r for r in await _audit(tmp_path) if r["reason"] == "manual"]
+    assert len(manual) == 1, "recorded once, not every cycle"
+    assert manual[0]["dry_run"] is True
+    assert manual[0]["new_bytes"] == 300 * MiB
+    assert "left alone" in manual[0]["explanation"]
+    assert await actual_of(guest) == 512 * MiB
+
+
+@pytest.mark.lab
+async def test_a_guest_gone_blind_gets_its_memory_back_until_stats_flow(
+    make_guest: GuestFactory, tmp_path: Path
+) -> None:
+    """Fail-safe: balloond shrank the guest, then the guest stops (QMP `stop`: its stats
+    freeze, like a hung guest). After stale_release_s balloond hands the memory back, says
+    why, and takes memory again only once the guest reports again."""
+    (guest,) = await boot(make_guest, ["blind"], memory_mib=512)
+    config = make_config(tmp_path, [guest])
+    config = config.model_copy(
+        update={
+            "policies": {
+                "default": config.policies["default"].model_copy(update={"stale_release_s": 5.0})
+            }
+        }
+    )
+    async with running(config) as daemon:
+        ctrl = daemon.guests["blind"]
+        assert await until(
+            lambda: ctrl.target_bytes is not None and ctrl.target_bytes < 400 * MiB
+        ), "never reclaimed"
+        await guest.monitor("stop")
+        try:
+            assert await until(lambda: ctrl.target_bytes == 512 * MiB), "not handed back"
+            status = guest_status(ctrl)
+            assert status["stats_stale_s"] is not None
+            assert status["last_action"]["reason"] == "stats-lost"
+            record = [r for r in await _audit(tmp_path) if r["reason"] == "stats-lost"]
+            assert len(record) == 1
+            assert "cannot see this guest run short" in record[0]["explanation"]
+            # Still blind: nothing more is taken.
+            polled = len(ctrl.history)
+            assert await until(lambda: len(ctrl.history) >= polled + 3)
+            assert ctrl.target_bytes == 512 * MiB
+        finally:
+            await guest.monitor("cont")
+        # The guest runs again: the deflate it was asked for happens, stats flow, and
+        # balloond reclaims again once its cooldown is over.
+        assert await until(lambda: guest_status(ctrl)["stats_stale_s"] is None)
+        assert await until(
+            lambda: ctrl.target_bytes is not None and ctrl.target_bytes < 512 * MiB
+        ), "never reclaimed again"
+    assert await guest.oom_kills() == 0

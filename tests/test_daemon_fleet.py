@@ -4,15 +4,22 @@ and go, one hung guest among healthy ones, and memory that stays bounded."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import running, until
+import pytest
+from daemon_helpers import WAIT_S, running, until
+from prometheus_client import generate_latest
 
-from balloond.config import Config, parse_config
+from balloond.config import Config, StaticGuest, parse_config
 from balloond.link import EVENT_QUEUE_LEN, GuestLink, LinkState
+from balloond.metrics import make_registry
+from balloond.notify import status_line
+from balloond.policy import Reason
 from balloond.sim.fleet import SimFleet
 from balloond.sim.qmp_server import SimGuestSpec
+from balloond.stats import HostSnapshot
 from balloond.units import GiB
 
 GUEST_RAM = 1 * GiB
@@ -100,3 +107,87 @@ async def test_event_memory_stays_bounded(tmp_path: Path) -> None:
             assert client.events.empty()
         finally:
             await link.close()
+
+
+async def test_a_qemu_restarted_with_a_balloon_device_gets_stats_polling(tmp_path: Path) -> None:
+    """A guest first seen without a device, then QEMU restarted on the same socket with
+    one: the reconnect goes through the one post-connect path, so stats polling is on and
+    the guest is seen, not left stale while its link says active."""
+    sock_dir = tmp_path / "socks"
+    sock_dir.mkdir()
+    spec = SimGuestSpec("vm", GUEST_RAM, balloon=False)
+    config = fleet_config(tmp_path, sock_dir, device_recheck_s=0.5)
+    async with SimFleet(dir=sock_dir, guests=[spec]) as fleet, running(config) as daemon:
+        ctrl = daemon.guests["vm"]
+        assert await until(lambda: ctrl.link.state is LinkState.NO_DEVICE, timeout_s=WAIT_S)
+        guest = fleet.guest("vm")
+        await guest.restart(spec=replace(spec, balloon=True))
+        assert await until(lambda: guest.model.polling_interval_s == 1, timeout_s=WAIT_S)
+        assert await until(lambda: ctrl.link.state is LinkState.ACTIVE, timeout_s=WAIT_S)
+        reports = {s.stats.last_update for s in ctrl.history if s.stats is not None}
+        assert await until(
+            lambda: len({s.stats.last_update for s in ctrl.history if s.stats}) >= len(reports) + 3,
+            timeout_s=WAIT_S,
+        ), "the guest's stats stopped flowing"
+        assert ctrl.last_decision is not None
+        assert ctrl.last_decision.reason is not Reason.STALE_STATS
+
+
+class FlakyHost:
+    """A host reader that fails ``failures`` times with an unexpected error, then works."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self) -> HostSnapshot:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise KeyError("MemAvailable")
+        return HostSnapshot(total_bytes=64 * GiB, available_bytes=48 * GiB)
+
+
+async def test_a_failing_daemon_loop_is_logged_restarted_and_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sock_dir = tmp_path / "socks"
+    sock_dir.mkdir()
+    host = FlakyHost(failures=2)
+    async with running(fleet_config(tmp_path, sock_dir), host_reader=host) as daemon:
+        assert await until(lambda: daemon.cycles >= 1, timeout_s=WAIT_S), "planner not restarted"
+        failure = daemon.status()["task_failures"]
+        assert [f["task"] for f in failure] == ["host-planner"]
+        assert failure[0]["failures"] == 2
+        assert failure[0]["last_error"] == "KeyError: 'MemAvailable'"
+        assert "2 task failure(s), latest host-planner: KeyError" in status_line(daemon)
+        text = generate_latest(make_registry(daemon)).decode()
+        assert 'balloond_task_failures_total{task="host-planner"} 2.0' in text
+    tracebacks = [r for r in caplog.records if "host-planner failed" in r.getMessage()]
+    assert len(tracebacks) == 2
+    assert all("Traceback" in r.getMessage() for r in tracebacks)
+
+
+async def test_a_guest_moved_to_another_socket_leaves_no_old_task(tmp_path: Path) -> None:
+    """The old socket is gone (its controller keeps retrying the connect): when the
+    config names a new path, the old task ends and only the new one runs."""
+    sock_dir = tmp_path / "socks"
+    sock_dir.mkdir()
+    gone = tmp_path / "gone.sock"
+
+    def config(qmp: Path) -> Config:
+        cfg = fleet_config(tmp_path, sock_dir)
+        return cfg.model_copy(update={"guests": (StaticGuest(name="vm", qmp=qmp),)})
+
+    async with (
+        SimFleet(dir=sock_dir / "new", guests=[SimGuestSpec("vm", GUEST_RAM)]) as fleet,
+        running(config(gone)) as daemon,
+    ):
+        old = daemon.guests["vm"]
+        assert await until(lambda: old.link.state is LinkState.DISCONNECTED, timeout_s=WAIT_S)
+        daemon.apply_config(config(fleet.socket_path("vm")))
+        new = daemon.guests["vm"]
+        assert new is not old
+        assert await until(lambda: old.link.state is LinkState.CLOSED, timeout_s=WAIT_S)
+        assert await until(lambda: new.link.state is LinkState.ACTIVE, timeout_s=WAIT_S)
+        tasks = [t for t in asyncio.all_tasks() if t.get_name() == "guest:vm" and not t.done()]
+        assert len(tasks) == 1

@@ -135,6 +135,65 @@ def test_last_update_lagging_a_poll_is_not_stale() -> None:
     assert run(view(*hist)).reason is Reason.IN_BAND
 
 
+# --- fail-safe: stats lost while the guest is shrunk ---------------------------------------
+
+
+def _frozen_at(actual: int, *, reported_s: float, polls: int = 8) -> GuestView:
+    """Samples whose last_update stopped moving; the last report came at ``reported_s``."""
+    frozen = tuple(
+        sample(float(t), actual=actual, available=200, last_update=77) for t in range(polls)
+    )
+    return view(*frozen, target_bytes=actual * MiB, last_report_s=reported_s)
+
+
+def test_stale_stats_hold_until_stale_release_s() -> None:
+    pol = policy(stale_release_s=30)
+    d = run(_frozen_at(512, reported_s=-20.0), pol)  # blind for 27 s
+    assert (d.target_bytes, d.reason) == (None, Reason.STALE_STATS)
+
+
+def test_stale_stats_past_stale_release_s_give_back_up_to_max_size() -> None:
+    pol = policy(stale_release_s=30, max_size="900MiB")
+    d = run(_frozen_at(512, reported_s=-30.0), pol)  # blind for 37 s
+    assert (d.target_bytes, d.reason) == (900 * MiB, Reason.STATS_LOST)
+    assert "no guest report for 37s" in d.explanation
+    assert "stale_release_s 30s" in d.explanation
+
+
+def test_stats_lost_changes_nothing_at_max_size() -> None:
+    d = run(_frozen_at(1024, reported_s=-300.0), policy(stale_release_s=30))
+    assert (d.target_bytes, d.reason) == (None, Reason.STALE_STATS)
+
+
+def test_a_guest_that_never_reported_is_released_too() -> None:
+    # Found shrunk and silent after a restart: no stats at all since the connect.
+    g = view(
+        GuestSample(t_s=0.0, actual_bytes=400 * MiB, stats=BalloonStats(last_update=0)),
+        last_report_s=-60.0,
+    )
+    d = run(g, policy(stale_release_s=30))
+    assert (d.target_bytes, d.reason) == (BOOT, Reason.STATS_LOST)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    actual_mib=st.integers(min_value=256, max_value=1024),
+    blind_s=st.floats(min_value=0, max_value=600),
+    release_s=st.floats(min_value=1, max_value=300),
+)
+def test_blind_guests_never_shrink_and_are_released_in_time(
+    actual_mib: int, blind_s: float, release_s: float
+) -> None:
+    """Without fresh stats no target is below the current size; past stale_release_s a
+    guest below max_size is always handed back to max_size."""
+    g = _frozen_at(actual_mib, reported_s=7.1 - blind_s)  # run() decides at t = 7.1
+    d = run(g, policy(stale_release_s=release_s))
+    if d.target_bytes is not None:
+        assert d.target_bytes >= actual_mib * MiB
+    if blind_s >= release_s + 1e-6 and actual_mib * MiB < BOOT:
+        assert (d.target_bytes, d.reason) == (BOOT, Reason.STATS_LOST)
+
+
 # --- guest pressure ------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from balloond.errors import LabError
 from balloond.lab.accel import INIT_READY_LINE, choose_accel
@@ -120,6 +121,13 @@ class LabGuest:
         return self._sockets()[1]
 
     @property
+    def admin_socket(self) -> Path:
+        """A second QMP monitor for the test (:meth:`monitor`), free while the code under
+        test holds ``qmp_socket``."""
+        assert self._socket_dir is not None, "not started"
+        return self._socket_dir / "admin.sock"
+
+    @property
     def pid(self) -> int:
         """The QEMU process id (of the latest start)."""
         if self._process is None:
@@ -148,7 +156,7 @@ class LabGuest:
             self._socket_dir = Path(tempfile.mkdtemp(prefix="bl-", dir="/tmp"))
             _SOCKET_DIRS.add(self._socket_dir)
         qmp_socket, console_socket = self._sockets()
-        for stale in (qmp_socket, console_socket):
+        for stale in (qmp_socket, console_socket, self.admin_socket):
             stale.unlink(missing_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = QemuConfig(
@@ -159,6 +167,7 @@ class LabGuest:
             memory_mib=self.memory_mib,
             qmp_socket=qmp_socket,
             console_socket=console_socket,
+            admin_socket=self.admin_socket,
             kernel_log=self.kernel_log,
             balloon=self.balloon,
             balloon_id=self.balloon_id,
@@ -316,6 +325,19 @@ class LabGuest:
                 f"{self.name}: `{shorten(command)}` exited {result.status}: {result.stderr.strip()}"
             )
         return result.stdout
+
+    async def monitor(
+        self, command: str, args: dict[str, object] | None = None, *, timeout_s: float = 10.0
+    ) -> Any:
+        """Run one QMP command on the admin monitor (device_add, stop, cont, ...)."""
+        from balloond.link import GuestLink
+
+        link = GuestLink(f"{self.name}-admin", self.admin_socket)
+        await link.connect(timeout_s=timeout_s)
+        try:
+            return await link.execute(command, args, timeout_s=timeout_s)
+        finally:
+            await link.close()
 
     async def start_memhog(self, *, mib: int, rate_mib_s: int) -> Memhog:
         """Start memhog in the guest's background: ``mib`` MiB at ``rate_mib_s`` MiB/s."""

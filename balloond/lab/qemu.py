@@ -46,6 +46,9 @@ class QemuConfig:
     qmp_socket: Path
     console_socket: Path
     kernel_log: Path
+    #: A second QMP monitor, for a test or operator while balloond holds the first one
+    #: (QEMU serves one client per monitor).
+    admin_socket: Path | None = None
     balloon: bool = True
     balloon_id: str | None = "balloon0"
     deflate_on_oom: bool = False
@@ -85,6 +88,8 @@ def qemu_argv(config: QemuConfig) -> list[str]:
         "-qmp", f"unix:{config.qmp_socket},server=on,wait=off",
         "-monitor", "none",
     ]  # fmt: skip
+    if config.admin_socket is not None:
+        argv += ["-qmp", f"unix:{config.admin_socket},server=on,wait=off"]
     if config.balloon:
         device = "virtio-balloon-pci"
         if config.balloon_id is not None:

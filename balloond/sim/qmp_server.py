@@ -229,9 +229,19 @@ class SimGuest:
         await self.kill()
         await self._wait_handlers()
 
-    async def restart(self) -> None:
-        """Kill (if alive) and boot again: RAM full, polling off, counters at zero."""
+    async def restart(self, *, spec: SimGuestSpec | None = None) -> None:
+        """Kill (if alive) and boot again: RAM full, polling off, counters at zero.
+
+        ``spec``: boot as another machine on the same socket (say, now with a balloon
+        device), as when an operator changes a VM's configuration and starts it again.
+        """
         await self.kill()
+        if spec is not None:
+            self.spec = spec
+            self.params = spec.guest_params()
+            self.tree = qom.build_tree(
+                qemu_version=spec.qemu_version, balloon_id=spec.balloon_id, balloon=spec.balloon
+            )
         await self.start()
 
     def pause(self) -> None:
