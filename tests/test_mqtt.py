@@ -50,6 +50,7 @@ from balloond.mqtt import (
     topic_segment,
     usable_reply_topic,
 )
+from balloond.tasks import cancel_and_wait
 from balloond.units import MiB
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]  # the make_guest fixture
@@ -1061,3 +1062,90 @@ async def test_a_guest_that_goes_away_has_its_retained_state_cleared(
             write_config(tmp_path, port=broker.port, guests=[])
             assert (await Commands(daemon).handle({"op": "reload"}))["ok"] is True
             await peer.wait_for(lambda m: m.topic.value == topic and _payload(m) == b"")
+
+
+# --- stopping, whatever the broker is doing --------------------------------------------------
+
+
+async def _stopped_within(adapter_task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Set ``stop``; the adapter must return well before any broker timeout (60 s here)
+    could have ended its wait for it."""
+    stop.set()
+    async with asyncio.timeout(30):
+        await adapter_task
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("moment", ["connecting", "connected"])
+async def test_the_adapter_stops_even_when_the_broker_hangs(
+    broker: Broker, tmp_path: Path, moment: str
+) -> None:
+    """A frozen broker while the adapter connects (CONNACK never comes) or while it is
+    connected (the goodbye publish and the disconnect get no answer): told to stop, it
+    returns within its share of the stop budget, not after its 60 s timeouts."""
+    path = write_config(tmp_path, port=broker.port, timeout_s=60.0, keepalive_s=60)
+    daemon = Daemon(load_config(path), config_path=path)
+    adapter = MqttAdapter(daemon)
+    stop = asyncio.Event()
+    if moment == "connecting":
+        broker.freeze()
+    task = asyncio.create_task(adapter.run(stop), name="test:mqtt")
+    try:
+        wanted = BrokerState.CONNECTING if moment == "connecting" else BrokerState.CONNECTED
+        async with asyncio.timeout(WAIT_S):
+            while adapter.state is not wanted:
+                await asyncio.sleep(0.05)
+        if moment == "connected":
+            broker.freeze()
+        await _stopped_within(task, stop)
+        assert adapter.state is BrokerState.STOPPED
+    finally:
+        broker.thaw()
+        stop.set()
+        await cancel_and_wait([task])
+
+
+@pytest.mark.broker
+async def test_the_adapter_stops_when_a_cancel_is_swallowed(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11, asyncio.wait_for (inside every aiomqtt publish) loses a cancel that
+    arrives with its result, and the cancelled task runs on. Stopping must not hang on it
+    (it did: the thousand-requests and retained-state tests timed out in shutdown)."""
+    swallowed = asyncio.Event()
+    publisher = MqttAdapter._publisher
+
+    async def publisher_that_swallows_one_cancel(self: MqttAdapter, s: Any) -> None:
+        try:
+            await publisher(self, s)
+        except asyncio.CancelledError:
+            swallowed.set()  # what wait_for's race does: the task carries on
+        await publisher(self, s)
+
+    monkeypatch.setattr(MqttAdapter, "_publisher", publisher_that_swallows_one_cancel)
+    path = write_config(tmp_path, port=broker.port)
+    daemon = Daemon(load_config(path), config_path=path)
+    adapter = MqttAdapter(daemon)
+    stop = asyncio.Event()
+    task = asyncio.create_task(adapter.run(stop), name="test:mqtt")
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while adapter.state is not BrokerState.CONNECTED:
+                await asyncio.sleep(0.05)
+        await _stopped_within(task, stop)
+        assert swallowed.is_set()
+    finally:
+        stop.set()
+        await cancel_and_wait([task])
+
+
+async def test_cancel_and_wait_repeats_a_cancel_that_did_not_take() -> None:
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled again: this one ends it
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task], budget_s=WAIT_S) == set()
+    assert task.cancelled()
