@@ -9,14 +9,20 @@ STAMPS := .stamps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Commands the lab and the tests need, and the Debian package that brings each.
 SYSTEM_CMDS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mosquitto:mosquitto \
-               mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc systemd-analyze:systemd
+               mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc systemd-analyze:systemd \
+               stress-ng:stress-ng
 DURATION ?= 60
+# make soak: how long the soak runs, in minutes.
+MINUTES ?= 10
 
-.PHONY: help system venv image demo test test-fast lint bench bench-quick clean distclean
+.PHONY: help system venv image demo test test-fast test-stress soak lint bench bench-quick clean \
+        distclean
 
 help:
 	@echo "make demo    run balloond against three real lab guests (ends by itself, DURATION=$(DURATION)s)"
 	@echo "make test    install what is missing, then run the whole test suite"
+	@echo "make test-stress  the suite three times in a row with every core kept busy (stress-ng)"
+	@echo "make soak    the daemon under injected faults for MINUTES=$(MINUTES) min -> a table"
 	@echo "make lint    ruff and mypy (strict)"
 	@echo "make bench   scale and policy-quality benchmarks -> benchmarks/RESULTS.md"
 	@echo "make clean   remove caches; distclean also removes .venv and the lab image"
@@ -53,11 +59,19 @@ demo: image
 	$(VENV)/bin/balloond demo --duration $(DURATION)
 
 test: image
-	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not soak" $(PYTEST_ARGS)
 
 # The tests that need no QEMU and no broker.
 test-fast: venv
-	@$(PY) -m pytest -q -p no:cacheprovider -m "not lab and not broker" $(PYTEST_ARGS)
+	@$(PY) -m pytest -q -p no:cacheprovider -m "not lab and not broker and not soak" $(PYTEST_ARGS)
+
+# The suite must pass on a busy machine too: RUNS (3) runs while stress-ng loads every core.
+test-stress: image
+	@RUNS=$${RUNS:-3} PYTEST_ARGS="$(PYTEST_ARGS)" bash tools/test-stress.sh
+
+# The daemon as its own process under injected faults; prints a table of its invariants.
+soak: image
+	@$(PY) -m pytest -q -p no:cacheprovider -s -m soak tests/test_soak.py --soak-minutes $(MINUTES) $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check balloond tests benchmarks

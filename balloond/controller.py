@@ -472,10 +472,22 @@ class GuestController:
             "policy": self.policy_name,
             "dry_run": self.dry_run,
             "stats": sample.stats.as_dict() if sample and sample.stats else None,
+            **self._bounds(actor),
         }
         self.last_action = self.audit.write(record)
         if self._on_change is not None:
             self._on_change(self, self.last_action)
+
+    def _bounds(self, actor: str) -> dict[str, int | None]:
+        """The limits a target of ``actor`` had to keep, for the audit record: the engine's
+        floor (used + keep, or min_size) and max_size; an operator's min_size and max_size."""
+        policy = self.policy
+        if policy is None:
+            return {"floor_bytes": None, "max_bytes": None}
+        floor: int | None = policy.min_bytes
+        if actor == "engine" and self.last_decision is not None:
+            floor = self.last_decision.floor_bytes  # None where stats were lost
+        return {"floor_bytes": floor, "max_bytes": policy.max_bytes}
 
     def _on_event(self, event: GuestEvent) -> None:
         """A BALLOON_CHANGE that moves away from our target is the guest (or someone)

@@ -25,6 +25,14 @@ from balloond.lab import LabGuest, LabImage, build_image
 GuestFactory = Callable[..., Awaitable[LabGuest]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("balloond")
+    group.addoption(
+        "--soak-minutes", type=float, default=10.0, help="how long the soak runs (make soak)"
+    )
+    group.addoption("--soak-seed", type=int, default=1, help="the soak's fault schedule seed")
+
+
 @pytest.fixture(scope="session")
 def lab_image() -> LabImage:
     """The lab's guest image; `make image` builds it ahead, otherwise the first use does."""

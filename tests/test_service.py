@@ -176,7 +176,8 @@ async def wait_serving(sock: Path, daemon: Balloond, guest: str) -> None:
 
 
 class NotifyListener:
-    """systemd's end of NOTIFY_SOCKET: an abstract datagram socket."""
+    """systemd's end of NOTIFY_SOCKET: an abstract datagram socket, read all the time (as
+    systemd does) so that the sender never finds its short queue full."""
 
     def __init__(self) -> None:
         self.name = f"balloond-test-{os.getpid()}-{time.monotonic_ns()}"
@@ -184,16 +185,25 @@ class NotifyListener:
         self.sock.bind(b"\0" + self.name.encode())
         self.sock.setblocking(False)
         self.messages: list[dict[str, str]] = []
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock, self._read)
 
-    def poll(self) -> list[dict[str, str]]:
+    def _read(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while True:
                 data = self.sock.recv(4096).decode()
                 self.messages.append(dict(x.split("=", 1) for x in data.splitlines()))
+
+    def poll(self) -> list[dict[str, str]]:
+        self._read()
         return self.messages
 
     def count(self, key: str) -> int:
         return sum(1 for m in self.poll() if key in m)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock)
+        self.sock.close()
 
 
 async def test_systemd_lifecycle_reload_and_stop(
@@ -281,7 +291,7 @@ async def test_systemd_lifecycle_reload_and_stop(
         assert (state / "intents.json").exists()
         assert not sock.exists()
     finally:
-        listener.sock.close()
+        listener.close()
 
 
 # --- balloonctl, holds across kill -9, metrics ----------------------------------------
@@ -305,7 +315,9 @@ async def test_balloonctl_holds_and_metrics(
     assert rc == 0, err
     header, row = out.splitlines()[-2:]
     assert header.split()[:3] == ["GUEST", "STATE", "ACTUAL"]
-    assert row.split()[:3] == ["vm2", "active", "512"]
+    name, link_state, actual_mib = row.split()[:3]
+    assert (name, link_state) == ("vm2", "active")
+    assert 0 < int(actual_mib) <= 512  # the daemon may have reclaimed some already
 
     rc, out, err = await balloonctl(sock, "explain", "vm2")
     assert rc == 0, err
