@@ -38,6 +38,8 @@ RAM_BYTES = 512 * MiB
 BALLOON = "/machine/peripheral/balloon0"
 #: Per call; a guard against a hang, not a performance claim.
 TIMEOUT_S = 5.0
+#: How long a test waits for what a guest does (generous: a loaded machine under TCG is slow).
+WAIT_S = 60.0
 #: The guest-stats fields QEMU 7.2 reports (later versions add more).
 QEMU_72_STATS = frozenset(QMP_STAT_NAMES[:10])
 
@@ -265,8 +267,8 @@ async def test_stats_are_valid_and_fresh_once_polling_is_on(backend: Backend) ->
             stats = await link.read_stats(timeout_s=TIMEOUT_S)
             return stats if stats.valid else None
 
-        first = await until(valid, deadline_s=2 * interval_s)
-        assert first is not None, "no valid stats within two polling intervals"
+        first = await until(valid, deadline_s=WAIT_S)
+        assert first is not None, "no valid stats"
         assert link.state is LinkState.ACTIVE
         assert first.total_bytes is not None
         assert 0 < first.total_bytes <= RAM_BYTES
@@ -277,9 +279,9 @@ async def test_stats_are_valid_and_fresh_once_polling_is_on(backend: Backend) ->
             stats = await link.read_stats(timeout_s=TIMEOUT_S)
             return stats if stats.last_update > first.last_update else None
 
-        later = await until(newer, deadline_s=3 * interval_s)
-        assert later is not None, "last-update did not advance within three intervals"
-        assert abs(later.last_update - time.time()) < 5  # host wall-clock seconds
+        later = await until(newer, deadline_s=WAIT_S)
+        assert later is not None, "last-update did not advance"
+        assert abs(later.last_update - time.time()) < WAIT_S  # host wall-clock seconds
         assert set((await raw_stats(link))["stats"]) == QEMU_72_STATS
     finally:
         await link.close()
@@ -299,13 +301,13 @@ async def test_balloon_moves_actual_emits_balloon_change_and_clamps_to_ram(
     try:
         link.pending_events()  # only what the command causes counts
         await link.set_target(RAM_BYTES // 2, timeout_s=TIMEOUT_S)
-        assert await until(near(RAM_BYTES // 2), deadline_s=5.0), "half size not reached in 5 s"
+        assert await until(near(RAM_BYTES // 2), deadline_s=WAIT_S), "half size not reached"
 
         async def balloon_changes() -> list[int]:
             return [e.data["actual"] for e in link.pending_events() if e.name == "BALLOON_CHANGE"]
 
         # QEMU sends at most one BALLOON_CHANGE a second, the latest value when it is up.
-        seen = await until(balloon_changes, deadline_s=2.0)
+        seen = await until(balloon_changes, deadline_s=WAIT_S)
         assert seen, "no BALLOON_CHANGE after the balloon moved"
         assert all(RAM_BYTES // 2 - MiB <= actual < RAM_BYTES for actual in seen)
 
@@ -315,7 +317,7 @@ async def test_balloon_moves_actual_emits_balloon_change_and_clamps_to_ram(
         async def full() -> bool:
             return await link.query_actual(timeout_s=TIMEOUT_S) == RAM_BYTES
 
-        assert await until(full, deadline_s=5.0), "not back to full size in 5 s"
+        assert await until(full, deadline_s=WAIT_S), "not back to full size"
     finally:
         await link.close()
 
@@ -394,7 +396,7 @@ async def test_driver_not_loaded_is_no_driver(backend: Backend) -> None:
             assert not stats.valid
             return link.state is LinkState.NO_DRIVER
 
-        assert await until(no_driver, deadline_s=6.0), "not reported as NO_DRIVER"
+        assert await until(no_driver, deadline_s=WAIT_S), "not reported as NO_DRIVER"
         states.append(link.state)
         assert await link.query_actual(timeout_s=TIMEOUT_S) == RAM_BYTES
     finally:

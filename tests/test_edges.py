@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balloond.discovery import discover, name_from_path
+from balloond.errors import DisconnectedError
 from balloond.host import parse_meminfo, parse_psi_some_avg10, read_host
+from balloond.link import GuestLink, LinkState
 from balloond.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
 from balloond.units import GiB, MiB, fmt_size, parse_percent, parse_size
 
@@ -151,3 +154,14 @@ def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_nothing_listening_is_a_clear_disconnect(tmp_path: Path) -> None:
+    link = GuestLink("ghost", tmp_path / "absent.qmp")
+    with pytest.raises(DisconnectedError, match="cannot connect"):
+        await link.connect(timeout_s=1.0)
+    assert link.state is LinkState.DISCONNECTED
+    stop = asyncio.Event()
+    stop.set()
+    assert await link.connect_with_retry(attempt_timeout_s=1.0, stop=stop) is False
+    await link.close()

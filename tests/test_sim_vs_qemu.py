@@ -128,6 +128,11 @@ REQUESTS = [
     '{"execute":"quit"}',
 ]
 
+#: Requests whose replies change with QEMU's version: property lists and stats fields grow
+#: (QEMU 9.2 adds six guest stats), type names carry the machine version. On a QEMU other
+#: than 7.2 only the rest is compared.
+VERSION_SPECIFIC = ("qom-list", 'guest-stats"', '"property":"type"')
+
 _STAMP = re.compile(rb'"seconds": \d+, "microseconds": \d+')
 _EVENT = b'{"timestamp"'
 
@@ -226,8 +231,7 @@ def _qemu_version() -> dict[str, Any]:
 )
 def test_simulator_replies_like_qemu(device: str | None, sim_kw: dict[str, Any]) -> None:
     version = _qemu_version()
-    if (version["qemu"]["major"], version["qemu"]["minor"]) != (7, 2):
-        pytest.skip(f"the simulator copies QEMU 7.2, this is {version['qemu']}")
+    v72 = (version["qemu"]["major"], version["qemu"]["minor"]) == (7, 2)
 
     async def main() -> tuple[list[bytes], list[bytes]]:
         with tempfile.TemporaryDirectory(prefix="vs", dir="/tmp") as d:
@@ -238,5 +242,17 @@ def test_simulator_replies_like_qemu(device: str | None, sim_kw: dict[str, Any])
 
     real, sim = asyncio.run(main())
     requests = ["<greeting>", *_requests(anon="balloon_id" in sim_kw)]
+    left_out = []
     for request, want, got in zip(requests, real, sim, strict=True):
+        if not v72 and any(word in request for word in VERSION_SPECIFIC):
+            left_out.append(request)
+            continue
         assert got == want, request
+    if left_out:
+        # What the versions share matched; the rest is 7.2's shape, not this QEMU's.
+        names = sorted({w for r in left_out for w in VERSION_SPECIFIC if w in r})
+        pytest.skip(
+            f"QEMU {version['qemu']} is not 7.2, the version the simulator copies: compared "
+            f"{len(requests) - len(left_out)} of {len(requests)} replies; left out "
+            f"{len(left_out)} that differ by version ({', '.join(names)})"
+        )

@@ -259,7 +259,7 @@ async def test_recorded_traces_replay_in_simulate(tmp_path: Path) -> None:
 
         assert await until(lambda: reports() >= 4)
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 60)
         first = Trace.load(record_dir / "web.json")
         assert len(first.times_s) >= 3
         assert first.ram_bytes == ram
@@ -271,7 +271,7 @@ async def test_recorded_traces_replay_in_simulate(tmp_path: Path) -> None:
         seen = reports()
         assert await until(lambda: reports() >= seen + 2 or reports() >= 10)
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 60)
     trace = Trace.load(record_dir / "web.json")
     assert len(trace.times_s) > len(first.times_s)
     assert trace.times_s[: len(first.times_s)] == first.times_s
