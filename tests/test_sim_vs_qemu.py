@@ -158,14 +158,21 @@ async def _converse(path: Path, requests: list[str]) -> list[bytes]:
             await asyncio.sleep(0.05)
     else:
         raise AssertionError(f"nothing listens on {path}")
-    transcript = [await asyncio.wait_for(reader.readline(), 10)]
+    # A client that connects while QEMU is still starting can see the RESUME of the
+    # machine's start before the greeting (QEMU's monitor is not in capabilities
+    # negotiation until it has sent the greeting). That is QEMU's start-up, not a reply:
+    # the transcript begins with the greeting.
+    greeting = await asyncio.wait_for(reader.readline(), 30)
+    while greeting.startswith(_EVENT):
+        greeting = await asyncio.wait_for(reader.readline(), 30)
+    transcript = [greeting]
     try:
         for request in requests:
             writer.write(request.encode() + b"\n")
             replies = len(JsonStreamSplitter().feed(request.encode() + b" "))
             got: list[bytes] = []
             while replies:
-                line = await asyncio.wait_for(reader.readline(), 10)
+                line = await asyncio.wait_for(reader.readline(), 30)
                 if not line:
                     got.append(b"<EOF>")
                     break
