@@ -267,3 +267,23 @@ def test_status_table_in_mib() -> None:
     assert "manual (9m left)" in text
     assert "1024->512 by operator" in text
     assert row[-1] == "manual"
+
+
+def test_status_shows_task_failures_and_stale_stats() -> None:
+    status = {
+        "summary": {"guests": 1, "active": 1, "reclaimed_bytes": 0, "under_pressure": 0},
+        "task_failures": [
+            {
+                "task": "host-planner",
+                "failures": 2,
+                "last_error": "KeyError: 'MemAvailable'",
+                "last_failure_time": 1000.0,
+                "restarting": True,
+            }
+        ],
+        "guests": [],
+    }
+    text = ctl.format_status(status, now=1000.0)
+    assert "task host-planner FAILED 2x, last: KeyError: 'MemAvailable'; restarting" in text
+    guest = ctl.format_guest({"name": "web", "state": "active", "stats_stale_s": 42})
+    assert "stats:      STALE, no guest report for 42 s" in guest
