@@ -42,6 +42,10 @@ IDLE_TIMEOUT_S = 30.0
 WRITE_TIMEOUT_S = 10.0
 #: Connections served at once; more are told the daemon is busy and closed.
 MAX_CLIENTS = 64
+#: After a request too large to read, how much more of it is read and dropped, and for how
+#: long, so the client gets to read its error reply.
+DISCARD_BYTES = 16 * 1024 * 1024
+DISCARD_S = 5.0
 
 
 class ControlSocketError(PermanentError):
@@ -189,6 +193,9 @@ class ControlAdapter:
                     writer,
                     _error("bad_request", f"request too large (limit {MAX_REQUEST_BYTES} bytes)"),
                 )
+                if writer.can_write_eof():
+                    writer.write_eof()  # the reply is all there is: the client sees EOF
+                await _discard_rest(reader)
                 return
             if not line:
                 return  # EOF
@@ -220,6 +227,17 @@ class ControlAdapter:
         writer.write(_reply_line(reply))
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             await writer.drain()
+
+
+async def _discard_rest(reader: asyncio.StreamReader) -> None:
+    """Read and drop what a client still sends of a request that was too large, so that
+    its writes do not fail and throw away the error reply before it reads it; up to
+    :data:`DISCARD_BYTES` and :data:`DISCARD_S`, then the connection is closed anyway."""
+    left = DISCARD_BYTES
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(DISCARD_S):
+            while left > 0 and (chunk := await reader.read(min(left, 65536))):
+                left -= len(chunk)
 
 
 def _op_of(line: bytes) -> str | None:

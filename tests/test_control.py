@@ -287,3 +287,20 @@ def test_status_shows_task_failures_and_stale_stats() -> None:
     assert "task host-planner FAILED 2x, last: KeyError: 'MemAvailable'; restarting" in text
     guest = ctl.format_guest({"name": "web", "state": "active", "stats_stale_s": 42})
     assert "stats:      STALE, no guest report for 42 s" in guest
+
+
+async def test_a_client_still_writing_a_huge_request_gets_its_reply(
+    control: ControlAdapter,
+) -> None:
+    """1 MiB in one go: the daemon refuses it after 64 KiB, yet the client, whose write goes
+    on past that, still reads the error reply instead of a reset connection."""
+    reader, writer = await asyncio.open_unix_connection(str(control.path))
+    try:
+        writer.write(b'{"op": "status", "pad": "' + b"x" * (1 << 20) + b'"}\n')
+        await writer.drain()
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        assert reply["error"]["code"] == "bad_request"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -147,6 +147,7 @@ class Soak:
     extras: int = 0
     #: When the daemon last started again (seconds into the run).
     restarted_s: float = 0.0
+    injector_errors: list[str] = field(default_factory=list)
     #: Serialises what touches the daemon as a whole (SIGKILL, reloads, hostile bursts,
     #: the broker), so that one fault does not hide another's outcome.
     exclusive: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -306,7 +307,12 @@ class Soak:
 
     async def hostile_mqtt(self) -> None:
         async with self.exclusive, Peer(self.broker.port, prefix=PREFIX) as peer:
-            await peer.subscribe(peer.reply_topic)
+            await peer.subscribe(peer.reply_topic, f"{PREFIX}/status")
+            # After a broker outage the daemon needs a moment to come back and subscribe.
+            await peer.wait_for(
+                lambda m: m.topic.value == f"{PREFIX}/status" and m.payload == b"online",
+                timeout_s=WAIT_S,
+            )
             rng = random.Random(self.seed + 2)
             for start in range(0, HOSTILE_N, 100):
                 for i in range(start, start + 100):
@@ -331,7 +337,7 @@ class Soak:
             self.note(f"{HOSTILE_N} hostile requests on MQTT")
 
     async def sim_fault(self) -> None:
-        movable = [n for n in self.fleet.names() if n not in HELD + PAUSED]
+        movable = [n for n in self.fleet.names if n not in HELD + PAUSED]
         name = self.rng.choice(movable)
         guest = self.fleet.guest(name)
         choice = self.rng.random()
@@ -345,13 +351,13 @@ class Soak:
             await guest.kill(sig="SIGTERM")
             await asyncio.sleep(self.rng.uniform(3, 8))
             await guest.restart()
-        elif choice < 0.85 or not any(n.startswith("extra-") for n in self.fleet.names()):
+        elif choice < 0.85 or not any(n.startswith("extra-") for n in self.fleet.names):
             self.extras += 1
             extra = f"extra-{self.extras:03d}"
             self.note(f"discovery: guest {extra} added")
             await self.fleet.add(SimGuestSpec(extra, GiB))
         else:
-            extra = self.rng.choice([n for n in self.fleet.names() if n.startswith("extra-")])
+            extra = self.rng.choice([n for n in self.fleet.names if n.startswith("extra-")])
             self.note(f"discovery: guest {extra} removed")
             await self.fleet.guest(extra).kill(sig="SIGTERM")
 
@@ -414,7 +420,16 @@ class Soak:
                 delay = at_s - (time.monotonic() - self.started_s)
                 if delay > 0:
                     await asyncio.sleep(delay)
-                group.create_task(action(), name=f"soak:{name}")
+                group.create_task(self._guarded(name, action), name=f"soak:{name}")
+
+    async def _guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> None:
+        """A fault that could not be injected is a row in the table, not the end of the run."""
+        try:
+            await action()
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.injector_errors.append(f"{name}: {type(exc).__name__}: {first_line}"[:200])
+            print(f"  injector: {name} failed: {exc!r}", flush=True)
 
 
 # --- the checks --------------------------------------------------------------------------
@@ -524,7 +539,13 @@ async def test_soak_under_faults(
             await sampler
 
         # --- the end: look, then stop everything and look again ---------------------------
-        checks: list[Check] = []
+        checks: list[Check] = [
+            Check(
+                "every fault injected as planned",
+                not soak.injector_errors,
+                "; ".join(soak.injector_errors[:3]) or f"{sum(soak.faults.values())} faults",
+            )
+        ]
         assert soak.proc is not None
         alive = soak.proc.returncode is None
         status = await soak.status() if alive else {"guests": []}

@@ -267,6 +267,7 @@ class LabGuest:
         """Kill QEMU the hard way (as a crash would), start it again and wait for the boot."""
         if self.running:
             self.kill(signal.SIGKILL)
+            await self.wait_exited()  # reaped, or start() would find it still running
         await self.start()
         await self.wait_booted(boot_timeout_s)
 
