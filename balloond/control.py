@@ -171,6 +171,9 @@ class ControlAdapter:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError):
             pass  # the client went away or stopped reading: nothing to answer
+        except Exception:
+            # A bug serving one client must cost only that connection, and say so.
+            log.exception("control: serving %s failed", _peer(writer))
         finally:
             self._clients.discard(task)
             writer.close()
@@ -243,7 +246,7 @@ async def _discard_rest(reader: asyncio.StreamReader) -> None:
 def _op_of(line: bytes) -> str | None:
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested too deep
         return None
     op = obj.get("op") if isinstance(obj, dict) else None
     return op if isinstance(op, str) else None

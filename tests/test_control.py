@@ -304,3 +304,10 @@ async def test_a_client_still_writing_a_huge_request_gets_its_reply(
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_deeply_nested_request_gets_one_error_reply(control: ControlAdapter) -> None:
+    replies = await _exchange(control.path, b"[" * 5000 + b"\n", b'{"op": "status"}\n')
+    assert replies[0]["error"]["code"] == "bad_request"
+    assert "bad JSON" in replies[0]["error"]["message"]
+    assert replies[1]["ok"]  # and the connection still serves
