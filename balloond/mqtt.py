@@ -464,9 +464,12 @@ class MqttAdapter:
                 raise
 
     async def _begin(self, s: _Session) -> None:
-        """A new session: say online, subscribe, republish every guest's state."""
+        """A new session: subscribe, say online, republish every guest's state.
+
+        Online only once subscribed: a client that waits for ``online`` and then sends a
+        request must find the command topic served.
+        """
         self.outbox.max_events = s.cfg.max_queued_events
-        await self._publish(s, s.topics.status, b"online", retain=True)
         for topic in (s.topics.cmd, s.topics.states):
             try:
                 if s.v5:
@@ -481,6 +484,7 @@ class MqttAdapter:
                 raise BrokerError(f"subscribe to {topic}: {exc}") from exc
             if any(getattr(g, "value", g) >= 0x80 for g in granted):
                 log.error("the broker refused a subscription to %s (ACL?)", topic)
+        await self._publish(s, s.topics.status, b"online", retain=True)
         self.throttle.force_all()
         self.outbox.touch()
 

@@ -341,6 +341,7 @@ async def test_online_offline_and_read_only(broker: Broker, tmp_path: Path) -> N
     async with Peer(broker.port) as peer:
         await peer.subscribe(f"{PREFIX}/status", f"{peer.reply_topic}", f"{PREFIX}/reply")
         async with running(path) as (_daemon, adapter):
+            # online is said once the command topic is subscribed: a request sent now is served
             await peer.wait_for(lambda m: _payload(m) == b"online")
             ok = await peer.request({"op": "status"})
             assert ok["ok"] is True
