@@ -181,9 +181,10 @@ class Soak:
     def log(self) -> Path:
         return self.workdir / "balloond.log"
 
-    def note(self, fault: str) -> None:
+    def note(self, fault: str, detail: str = "") -> None:
         self.faults[fault] += 1
-        print(f"  [{time.monotonic() - self.started_s:6.0f}s] {fault}", flush=True)
+        where = f" ({detail})" if detail else ""
+        print(f"  [{time.monotonic() - self.started_s:6.0f}s] {fault}{where}", flush=True)
 
     # --- the process -----------------------------------------------------------------------
     async def start_daemon(self) -> None:
@@ -253,7 +254,7 @@ class Soak:
             for lock in self.guest_locks.values():
                 await held.enter_async_context(lock)
             assert self.proc is not None
-            self.note("daemon SIGKILL, started again")
+            self.note("daemon SIGKILLed and started again")
             self.proc.kill()
             await self.proc.wait()
             await self.start_daemon()
@@ -342,23 +343,23 @@ class Soak:
         guest = self.fleet.guest(name)
         choice = self.rng.random()
         if choice < 0.4:
-            self.note(f"simulated QEMU {name} SIGKILL, restarted")
+            self.note("simulated QEMU SIGKILLed and restarted", name)
             await guest.kill(sig="SIGKILL")
             await asyncio.sleep(self.rng.uniform(1, 5))
             await guest.restart()
         elif choice < 0.7:
-            self.note(f"simulated QEMU {name} SIGTERM (socket gone), restarted")
+            self.note("simulated QEMU SIGTERMed (socket gone) and restarted", name)
             await guest.kill(sig="SIGTERM")
             await asyncio.sleep(self.rng.uniform(3, 8))
             await guest.restart()
         elif choice < 0.85 or not any(n.startswith("extra-") for n in self.fleet.names):
             self.extras += 1
             extra = f"extra-{self.extras:03d}"
-            self.note(f"discovery: guest {extra} added")
+            self.note("guest added (discovery)", extra)
             await self.fleet.add(SimGuestSpec(extra, GiB))
         else:
             extra = self.rng.choice([n for n in self.fleet.names if n.startswith("extra-")])
-            self.note(f"discovery: guest {extra} removed")
+            self.note("guest removed (discovery)", extra)
             await self.fleet.guest(extra).kill(sig="SIGTERM")
 
     async def count_ooms(self, guest: LabGuest) -> None:
@@ -371,13 +372,13 @@ class Soak:
     async def real_kill(self, guest: LabGuest) -> None:
         async with self.guest_locks[guest.name]:
             await self.count_ooms(guest)
-            self.note(f"real QEMU {guest.name} SIGKILL, booted again")
+            self.note("real QEMU SIGKILLed and booted again", guest.name)
             await guest.restart(boot_timeout_s=WAIT_S)
             await self.wait_real_active()
 
     async def real_sigstop(self, guest: LabGuest) -> None:
         async with self.guest_locks[guest.name]:
-            self.note(f"real QEMU {guest.name} SIGSTOP for 30 s")
+            self.note("real QEMU SIGSTOPped for 30 s", guest.name)
             guest.send_signal(signal.SIGSTOP)
             try:
                 await asyncio.sleep(30)
@@ -387,7 +388,7 @@ class Soak:
     async def surge(self, guest: LabGuest) -> None:
         async with self.guest_locks[guest.name]:
             mib = self.rng.choice([160, 200, 240])
-            self.note(f"memhog {mib} MiB at 50 MiB/s in {guest.name}")
+            self.note("memhog surge at 50 MiB/s in a real guest", f"{guest.name}, {mib} MiB")
             hog = await guest.start_memhog(mib=mib, rate_mib_s=50)
             await hog.wait_allocated(timeout_s=WAIT_S)
             await asyncio.sleep(self.rng.uniform(5, 15))
@@ -640,11 +641,11 @@ async def test_soak_under_faults(
             )
         )
 
-    faults = ", ".join(f"{n} {k}" for k, n in sorted(soak.faults.items(), key=lambda x: x[0]))
+    faults = "\n".join(f"- {kind}: {n}" for kind, n in sorted(soak.faults.items()))
     report = (
         f"Soak: {soak_minutes:g} min, seed {seed}, {SIM_GUESTS} simulated + "
         f"{len(REAL_GUESTS)} real guests, daemon pids {soak.pids}\n\n"
-        f"Faults injected ({sum(soak.faults.values())}): {faults}\n\n{table(checks)}\n"
+        f"Faults injected ({sum(soak.faults.values())}):\n\n{faults}\n\n{table(checks)}\n"
     )
     print("\n" + report)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
