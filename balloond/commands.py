@@ -16,7 +16,6 @@ Sizes are ``"512MiB"``-style strings or integer bytes; durations are seconds or 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from balloond.controller import GuestController, Intent, Mode
 from balloond.errors import OutOfBoundsError, RequestError, UnknownGuestError
-from balloond.units import MiB, fmt_size, parse_size
+from balloond.units import MiB, fmt_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
     from balloond.daemon import Daemon
@@ -35,28 +34,8 @@ MAX_REQUEST_BYTES = 64 * 1024
 #: The smallest manual target accepted, whatever the policy says: below this a Linux
 #: guest cannot run.
 ABSOLUTE_MIN_BYTES = 64 * MiB
-MAX_HOLD_S = 366 * 24 * 3600.0
 OPS = ("status", "set", "pause", "resume", "policy", "explain", "reload")
 READ_ONLY_OPS = frozenset({"status", "explain"})
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: str | float) -> float:
-    """``"90"``, ``"10m"``, ``"2h"``, ``"1d"`` or a number -> seconds (> 0)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or e.g. '10m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION_RE.match(value)
-        if not m:
-            raise ValueError(f"not a duration: {value!r} (expected e.g. '90', '10m', '2h')")
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if not 0 < seconds <= MAX_HOLD_S:
-        raise ValueError(f"duration must be between 0 and {MAX_HOLD_S:.0f} seconds")
-    return seconds
 
 
 class _Req(BaseModel):

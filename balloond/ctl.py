@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from balloond.commands import parse_duration
-from balloond.units import MiB, parse_size
+from balloond.units import MiB, parse_duration, parse_size
 
 DEFAULT_SOCKET = "/run/balloond/control.sock"
 #: How long to wait for the daemon's reply (a reload re-reads the config; allow for it).

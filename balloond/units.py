@@ -84,3 +84,26 @@ def fmt_size(n_bytes: int | None) -> str:
     if n >= KiB:
         return f"{sign}{n / KiB:.0f}KiB"
     return f"{sign}{n}B"
+
+
+#: The longest hold an operator may set (a year and a day).
+MAX_HOLD_S = 366 * 24 * 3600.0
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | float) -> float:
+    """``"90"``, ``"10m"``, ``"2h"``, ``"1d"`` or a number -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or e.g. '10m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise ValueError(f"not a duration: {value!r} (expected e.g. '90', '10m', '2h')")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if not 0 < seconds <= MAX_HOLD_S:
+        raise ValueError(f"duration must be between 0 and {MAX_HOLD_S:.0f} seconds")
+    return seconds

@@ -10,6 +10,8 @@ import asyncio
 import json
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -311,3 +313,16 @@ async def test_a_deeply_nested_request_gets_one_error_reply(control: ControlAdap
     assert replies[0]["error"]["code"] == "bad_request"
     assert "bad JSON" in replies[0]["error"]["message"]
     assert replies[1]["ok"]  # and the connection still serves
+
+
+def test_balloonctl_loads_neither_qemu_qmp_nor_the_controller() -> None:
+    """balloonctl starts fast: it parses sizes and durations without the daemon's code."""
+    heavy = ("qemu", "pydantic", "balloond.controller", "balloond.commands", "aiomqtt")
+    code = (
+        "import sys, balloond.ctl; "
+        f"print([m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == "[]", out
