@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from balloond.controller import GuestController, Intent, Mode
-from balloond.errors import OutOfBoundsError, RequestError, UnknownGuestError
+from balloond.errors import (
+    BadConfigError,
+    NotPermittedError,
+    OutOfBoundsError,
+    RequestError,
+    UnknownGuestError,
+    UnknownOpError,
+)
 from balloond.units import MiB, fmt_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -116,9 +123,7 @@ def parse_request(payload: bytes | str | dict[str, Any]) -> Request:
         raise RequestError("a request is a JSON object with an 'op'")
     op = payload.get("op")
     if op not in OPS:
-        err = RequestError(f"unknown op {op!r}; known: {', '.join(OPS)}")
-        err.code = "unknown_op"
-        raise err
+        raise UnknownOpError(f"unknown op {op!r}; known: {', '.join(OPS)}")
     try:
         return _REQUEST.validate_python(payload)
     except ValidationError as exc:
@@ -167,9 +172,7 @@ class Commands:
         try:
             req = parse_request(payload)
             if req.op not in self.allowed:
-                err = RequestError(f"operation {req.op!r} is not permitted here")
-                err.code = "not_permitted"
-                raise err
+                raise NotPermittedError(f"operation {req.op!r} is not permitted here")
             result = await self.execute(req)
         except RequestError as exc:
             return error_reply(exc, rid)
@@ -239,9 +242,7 @@ class Commands:
         if isinstance(req, ReloadReq):
             error = d.reload()
             if error is not None:
-                err = RequestError(f"reload refused, old config kept: {error}")
-                err.code = "bad_config"
-                raise err
+                raise BadConfigError(f"reload refused, old config kept: {error}")
             return {"reloaded": str(d.config_path) if d.config_path else None}
         raise RequestError(f"unhandled op {req.op!r}")  # pragma: no cover
 

@@ -18,9 +18,13 @@ parse messages to decide::
         ├── TraceError            a workload trace file is invalid (``balloond simulate``)
         ├── QMPCommandError       QEMU refused a command (carries the QMP error class)
         │   └── NoBalloonError        the guest has no virtio-balloon device
-        ├── RequestError          a control request is malformed or not allowed
+        ├── RequestError          a control request is malformed or not allowed (.code)
         │   ├── UnknownGuestError     no managed guest has that name
-        │   └── OutOfBoundsError      a size outside the guest's bounds
+        │   ├── OutOfBoundsError      a size outside the guest's bounds
+        │   ├── UnknownOpError        no such operation
+        │   ├── NotPermittedError     an operation this transport does not allow
+        │   ├── BadConfigError        reload refused: the config file is invalid
+        │   └── InternalError         a bug cost one reply (see the log)
         └── LabError              the test lab could not build or boot a guest
 
 ``asyncio.CancelledError`` is never wrapped or swallowed.
@@ -117,6 +121,30 @@ class OutOfBoundsError(RequestError):
     """A requested size lies outside the guest's allowed range."""
 
     code = "out_of_bounds"
+
+
+class UnknownOpError(RequestError):
+    """The request names an operation balloond does not have."""
+
+    code = "unknown_op"
+
+
+class NotPermittedError(RequestError):
+    """The operation exists but this transport's allow-list omits it."""
+
+    code = "not_permitted"
+
+
+class BadConfigError(RequestError):
+    """A reload was asked for, but the config file is invalid (the old config stays)."""
+
+    code = "bad_config"
+
+
+class InternalError(RequestError):
+    """A bug answered one request; the daemon's log has the traceback."""
+
+    code = "internal"
 
 
 class LabError(PermanentError):

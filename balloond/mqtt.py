@@ -49,7 +49,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from balloond import tasks
 from balloond.commands import Commands, error_reply, guest_status, request_id
 from balloond.config import MqttConfig
-from balloond.errors import BrokerError, ConfigError, RequestError
+from balloond.errors import BrokerError, ConfigError, InternalError, RequestError
 from balloond.tasks import cancel_and_wait, sleep_unless
 
 if TYPE_CHECKING:
@@ -646,8 +646,7 @@ class MqttAdapter:
                 # The command layer answers every bad request itself, so this is a bug;
                 # the requester still gets its one reply.
                 log.exception("request failed")
-                err = RequestError("internal error; see balloond's log")
-                err.code = "internal"
+                err = InternalError("internal error; see balloond's log")
                 reply = error_reply(err, request_id(payload))
         reply_props: Properties | None = None
         if correlation is not None and s.v5:
