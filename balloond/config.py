@@ -49,7 +49,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 from balloond.errors import ConfigError
 from balloond.policy.inputs import Reclaim, ResolvedPolicy
 from balloond.policy.observe import stale_after_s
-from balloond.units import MiB, parse_percent, parse_size
+from balloond.units import PERCENT_PATTERN, SIZE_PATTERN, MiB, parse_percent, parse_size
 
 #: Guest and policy names: what a QMP socket's file stem usually is ("100", "web-01").
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -154,8 +154,13 @@ _AMOUNT_SCHEMA: dict[str, Any] = {
         {"type": "integer", "minimum": 0, "description": "bytes"},
         {
             "type": "string",
-            "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTkmgt][iI]?[Bb]?|[Bb])?\s*%?\s*$",
-            "description": "a size such as '512MiB' or '2GiB', or a percentage such as '15%'",
+            "pattern": SIZE_PATTERN,
+            "description": "a size such as '512MiB' or '2GiB'",
+        },
+        {
+            "type": "string",
+            "pattern": PERCENT_PATTERN,
+            "description": "a percentage such as '15%'",
         },
     ]
 }

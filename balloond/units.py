@@ -29,8 +29,28 @@ _UNITS = {
     "tb": 1000**4,
     "tib": TiB,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_PCT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+# Spelled out rather than \s and \d, so that these mean the same to Python and to a JSON
+# Schema validator (ECMA-262 regular expressions): ASCII digits and white space only.
+_WS = r"[ \t\n\r\f\v]*"
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+_SIZE_RE = re.compile(rf"^{_WS}({_NUMBER}){_WS}([a-zA-Z]*){_WS}$")
+_PCT_RE = re.compile(rf"^{_WS}({_NUMBER}){_WS}%{_WS}$")
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" for c in word)
+
+
+#: What :func:`parse_size` accepts, as a regular expression in the subset JSON Schema and
+#: Python share (no inline flags): the config schema's pattern is made from the same units,
+#: so an editor never accepts a size the loader refuses. Longest units first.
+SIZE_PATTERN = (
+    rf"^{_WS}{_NUMBER}{_WS}(?:"
+    + "|".join(_any_case(u) for u in sorted(_UNITS, key=len, reverse=True) if u)
+    + rf")?{_WS}$"
+)
+#: What :func:`parse_percent` accepts (its 0..100 range aside).
+PERCENT_PATTERN = rf"^{_WS}{_NUMBER}{_WS}%{_WS}$"
 
 #: Anything larger is a typo, not a guest (QEMU caps guest RAM far below this).
 MAX_SIZE_BYTES = 1 << 50

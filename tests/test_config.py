@@ -29,7 +29,7 @@ from balloond.config import (
 )
 from balloond.errors import ConfigError
 from balloond.policy import Reclaim
-from balloond.units import GiB, MiB
+from balloond.units import GiB, MiB, parse_percent, parse_size
 
 REFERENCE = Path(__file__).resolve().parent.parent / "config" / "balloond.toml"
 
@@ -374,3 +374,39 @@ def test_problems_carry_the_file_name(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+SIZE_CORPUS = [
+    "512MiB", "512 MiB", " 2GiB ", "1.5GiB", "5Mi", "5M", "5m", "5MB", "5mb", "5Mib", "5MIB",
+    "1048576", "0", "10%", "15.5 %", "100%", "%", "MiB", "5 M i B", "5MiB%", "5%MiB", "-5MiB",
+    "5.MiB", ".5MiB", "5e3MiB", "5KiB", "5kib", "5TB", "5PiB", "5 bytes", "5B", "5b", "", " ",
+    "5\tGiB", "1,5GiB", "٣MiB", "5MiB\n", "0x10MiB", "5GiBB",
+]  # fmt: skip
+
+
+def _loader_accepts(text: str) -> bool:
+    """What the config loader takes (range limits aside: the schema states no range)."""
+    try:
+        if text.strip().endswith("%"):
+            parse_percent(text)
+        else:
+            parse_size(text)
+    except ValueError as exc:
+        return "implausibly large" in str(exc) or "above 100%" in str(exc)
+    return True
+
+
+def _schema_accepts(text: str) -> bool:
+    patterns = [s["pattern"] for s in Amount.__get_pydantic_json_schema__(None, None)["anyOf"]
+                if "pattern" in s]  # fmt: skip
+    return any(re.search(p, text) for p in patterns)
+
+
+@pytest.mark.parametrize("text", SIZE_CORPUS)
+def test_the_schema_accepts_exactly_the_sizes_the_loader_accepts(text: str) -> None:
+    assert _schema_accepts(text) == _loader_accepts(text), text
+
+
+@given(st.text(alphabet="0123456789.%kKmMgGtTiIbBpP \t-e", max_size=12))
+def test_schema_and_loader_agree_on_any_string(text: str) -> None:
+    assert _schema_accepts(text) == _loader_accepts(text), repr(text)
