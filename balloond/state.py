@@ -13,7 +13,9 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from balloond.controller import Intent, Mode
 
@@ -31,24 +33,30 @@ def _intent_to_json(intent: Intent) -> dict[str, Any]:
     }
 
 
-def _intent_from_json(obj: Any) -> Intent:
-    if not isinstance(obj, dict):
-        raise ValueError(f"not an object: {obj!r:.80}")
-    target = obj.get("manual_target_bytes")
-    hold = obj.get("hold_until")
-    override = obj.get("policy_override")
-    if target is not None and (not isinstance(target, int) or target <= 0):
-        raise ValueError(f"bad manual_target_bytes {target!r}")
-    if hold is not None and not isinstance(hold, int | float):
-        raise ValueError(f"bad hold_until {hold!r}")
-    if override is not None and not isinstance(override, str):
-        raise ValueError(f"bad policy_override {override!r}")
-    return Intent(
-        mode=Mode(obj.get("mode", "auto")),
-        manual_target_bytes=target,
-        hold_until=float(hold) if hold is not None else None,
-        policy_override=override,
-    )
+class _SavedIntent(BaseModel):
+    """One guest's entry in the file, validated as it is read back."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")  # newer keys: ignored, not fatal
+
+    mode: Mode = Mode.AUTO
+    manual_target_bytes: Annotated[int, Field(gt=0, strict=True)] | None = None
+    hold_until: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    policy_override: Annotated[str, Field(strict=True)] | None = None
+
+    def intent(self) -> Intent:
+        return Intent(
+            mode=self.mode,
+            manual_target_bytes=self.manual_target_bytes,
+            hold_until=self.hold_until,
+            policy_override=self.policy_override,
+        )
+
+
+class _StateFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: int = VERSION
+    guests: dict[str, _SavedIntent]
 
 
 class StateStore:
@@ -61,14 +69,19 @@ class StateStore:
         """Intents by guest name; a missing file is empty, a damaged one is logged and
         kept aside (renamed ``.bad``) so the daemon still starts."""
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-            guests = raw.get("guests", {}) if isinstance(raw, dict) else None
-            if not isinstance(guests, dict):
-                raise ValueError("no 'guests' object")
-            return {str(name): _intent_from_json(obj) for name, obj in guests.items()}
+            saved = _StateFile.model_validate_json(self.path.read_bytes())
+            return {name: entry.intent() for name, entry in saved.guests.items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+            )
+            log.error("%s is damaged (%s); starting without saved holds", self.path, problems)
+            with contextlib.suppress(OSError):
+                self.path.replace(self.path.with_suffix(".bad"))
+            return {}
+        except OSError as exc:
             log.error("%s is damaged (%s); starting without saved holds", self.path, exc)
             with contextlib.suppress(OSError):
                 self.path.replace(self.path.with_suffix(".bad"))
