@@ -481,7 +481,7 @@ async def soak_world(
         real = list(await asyncio.gather(*(make_guest(n, memory_mib=512) for n in REAL_GUESTS)))
         specs = [SimGuestSpec(f"sim-{i:03d}", GiB) for i in range(SIM_GUESTS)]
         async with SimFleet(dir=short / "socks", guests=specs) as fleet:
-            yield Soak(
+            soak = Soak(
                 workdir=tmp_path,
                 short=short,
                 minutes=minutes,
@@ -490,6 +490,13 @@ async def soak_world(
                 fleet=fleet,
                 real=real,
             )
+            try:
+                yield soak
+            finally:
+                # Whatever happened, no daemon outlives the soak.
+                if soak.proc is not None and soak.proc.returncode is None:
+                    soak.proc.kill()
+                    await soak.proc.wait()
     finally:
         await broker.stop()
 
