@@ -23,7 +23,7 @@ help:
 	@echo "make test    install what is missing, then run the whole test suite"
 	@echo "make test-stress  the suite three times in a row with every core kept busy (stress-ng)"
 	@echo "make soak    the daemon under injected faults for MINUTES=$(MINUTES) min -> a table"
-	@echo "make lint    ruff and mypy (strict)"
+	@echo "make lint    ruff, mypy (strict) and the import contracts (import-linter)"
 	@echo "make bench   scale and policy-quality benchmarks -> benchmarks/RESULTS.md"
 	@echo "make clean   remove caches; distclean also removes .venv and the lab image"
 
@@ -77,6 +77,7 @@ lint: venv
 	$(VENV)/bin/ruff check balloond tests benchmarks
 	$(VENV)/bin/ruff format --check balloond tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: venv
 	$(PY) -m benchmarks.run
