@@ -393,6 +393,7 @@ class MqttAdapter:
         )
         # aiomqtt bounds the wait for CONNACK by `timeout`; paho's TCP/TLS connect, which
         # runs in a thread, has its own timeout (5 s unless set) that aiomqtt does not expose.
+        # (paho is pinned in pyproject.toml for this and _close_socket.)
         client._client.connect_timeout = cfg.timeout_s
         return client
 
@@ -672,6 +673,7 @@ def _close_socket(client: aiomqtt.Client) -> None:
     aiomqtt leaves it open. A broker that was only slow (overloaded, or stopped and
     continued) would later read the CONNECT in it and accept a second connection with our
     client id, taking over the session that replaced it. paho's ``_sock_close`` also
-    unregisters the socket from the event loop; there is no public way to do this.
+    unregisters the socket from the event loop; there is no public way to do this (paho
+    is pinned in pyproject.toml for it).
     """
     client._client._sock_close()
