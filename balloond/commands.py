@@ -31,6 +31,7 @@ from balloond.errors import (
     UnknownGuestError,
     UnknownOpError,
 )
+from balloond.ops import OPS
 from balloond.units import MiB, fmt_size, parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 #: The smallest manual target accepted, whatever the policy says: below this a Linux
 #: guest cannot run.
 ABSOLUTE_MIN_BYTES = 64 * MiB
-OPS = ("status", "set", "pause", "resume", "policy", "explain", "reload")
-READ_ONLY_OPS = frozenset({"status", "explain"})
 
 
 class _Req(BaseModel):

@@ -47,6 +47,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
 from balloond.errors import ConfigError
+from balloond.ops import OPS, Op
 from balloond.policy.inputs import Reclaim, ResolvedPolicy
 from balloond.policy.observe import stale_after_s
 from balloond.units import PERCENT_PATTERN, SIZE_PATTERN, MiB, parse_percent, parse_size
@@ -417,9 +418,9 @@ class MetricsConfig(_Section):
 
 # --- mqtt ------------------------------------------------------------------------------
 
-#: What ``[mqtt] allow`` may name: the command layer's operations (a test keeps them equal).
-MqttOp = Literal["status", "set", "pause", "resume", "policy", "explain", "reload"]
-MQTT_OPS: tuple[MqttOp, ...] = ("status", "set", "pause", "resume", "policy", "explain", "reload")
+#: What ``[mqtt] allow`` may name: the command layer's operations (balloond.ops).
+MqttOp = Op
+MQTT_OPS = OPS
 
 
 def _mqtt_protocol(value: object) -> object:

@@ -27,8 +27,9 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from balloond.commands import MAX_REQUEST_BYTES, READ_ONLY_OPS, Commands, request_id
+from balloond.commands import MAX_REQUEST_BYTES, Commands, request_id
 from balloond.errors import PermanentError
+from balloond.ops import READ_ONLY_OPS
 
 if TYPE_CHECKING:
     from balloond.daemon import Daemon

@@ -41,7 +41,7 @@ from mqtt_helpers import payload as _payload
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from balloond.commands import OPS, Commands
+from balloond.commands import Commands
 from balloond.config import MQTT_OPS, MqttConfig, load_config, parse_config
 from balloond.daemon import Daemon
 from balloond.errors import ConfigError
@@ -57,6 +57,7 @@ from balloond.mqtt import (
     topic_segment,
     usable_reply_topic,
 )
+from balloond.ops import OPS
 from balloond.tasks import cancel_and_wait
 from balloond.units import MiB
 
