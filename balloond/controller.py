@@ -31,30 +31,18 @@ from balloond.audit import AuditLog
 from balloond.errors import LinkError, NoBalloonError, QMPCommandError
 from balloond.link import GuestEvent, GuestLink, LinkState
 from balloond.policy import Decision, GuestView, Reason, ResolvedPolicy, decide
+from balloond.policy.books import (
+    ACTUAL_TOLERANCE_BYTES,
+    ExternalMove,
+    GuestBooks,
+)
 from balloond.policy.observe import stale_after_s
 from balloond.stats import GuestSample
-from balloond.units import MiB, fmt_size
+from balloond.units import fmt_size
 
-#: A change of ``actual`` smaller than this is rounding in the guest driver, not a change.
-ACTUAL_TOLERANCE_BYTES = 4 * MiB
 #: How long a guest without a balloon device waits before the link looks again
 #: (a device can be hot-plugged).
 NO_DEVICE_RECHECK_S = 30.0
-
-
-def moved_externally(
-    *, target_bytes: int | None, previous_actual_bytes: int | None, actual_bytes: int
-) -> bool:
-    """True when ``actual`` moved *away* from the target balloond last set, beyond driver
-    rounding: someone else (the guest's deflate-on-oom, another QMP client) moved it.
-
-    Pure, so the offline replay (``balloond.replay``) keeps the same books as the daemon.
-    """
-    if target_bytes is None or previous_actual_bytes is None:
-        return False
-    before = abs(previous_actual_bytes - target_bytes)
-    after = abs(actual_bytes - target_bytes)
-    return after > before + ACTUAL_TOLERANCE_BYTES and after > ACTUAL_TOLERANCE_BYTES
 
 
 class Mode(enum.Enum):
@@ -120,22 +108,15 @@ class GuestController:
         self._clock = clock
         self._wall = wall_clock
         self.log = logging.getLogger(f"balloond.guest.{name}")
-        self.history: deque[GuestSample] = deque(maxlen=max(2, timing.history_len))
-        self.target_bytes: int | None = None
-        self.last_deflate_s: float | None = None
-        self.external_change_s: float | None = None
+        #: What this guest's engine decisions are made from, kept between polls.
+        self.books = GuestBooks.new(name, history_len=timing.history_len)
         self.host_cap_bytes: int | None = None
         self.last_decision: Decision | None = None
-        #: The reason of the last engine decision that set a target.
-        self.last_reason: Reason | None = None
         self.last_action: dict[str, Any] | None = None
         self.decisions = Counter[str]()
         self._policy: ResolvedPolicy | None = None
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
-        #: When the guest last sent a new stats report (monotonic; see GuestView).
-        self.last_report_s: float | None = None
-        self._last_update_seen: int | None = None
         #: The stats polling interval applied since the last connect; None: not yet.
         self._stats_interval_s: int | None = None
         self._no_device_logged = False
@@ -169,9 +150,7 @@ class GuestController:
         """New clock settings (reload) keeping the samples that still fit; the loop
         re-applies the stats polling interval to QEMU at its next cycle."""
         self.timing = timing
-        length = max(2, timing.history_len)
-        if self.history.maxlen != length:
-            self.history = deque(self.history, maxlen=length)
+        self.books.resize_history(timing.history_len)
         self.wake()
 
     def set_policy(self, name: str, policy_for: Callable[[int], ResolvedPolicy]) -> None:
@@ -198,20 +177,34 @@ class GuestController:
             return None
         return int(age_s)
 
+    # The books, read-only from outside (status, metrics, MQTT, tests).
+    @property
+    def history(self) -> deque[GuestSample]:
+        return self.books.history
+
+    @property
+    def target_bytes(self) -> int | None:
+        return self.books.target_bytes
+
+    @property
+    def last_deflate_s(self) -> float | None:
+        return self.books.last_deflate_s
+
+    @property
+    def external_change_s(self) -> float | None:
+        return self.books.external_change_s
+
+    @property
+    def last_reason(self) -> Reason | None:
+        return self.books.last_reason
+
+    @property
+    def last_report_s(self) -> float | None:
+        return self.books.last_report_s
+
     def view(self) -> GuestView | None:
         """A frozen view of this guest for the engine and the host planner."""
-        if self.link.boot_bytes is None or not self.history:
-            return None
-        return GuestView(
-            name=self.name,
-            boot_bytes=self.link.boot_bytes,
-            history=tuple(self.history),
-            target_bytes=self.target_bytes,
-            last_deflate_s=self.last_deflate_s,
-            external_change_s=self.external_change_s,
-            last_report_s=self.last_report_s,
-            last_reason=self.last_reason,
-        )
+        return self.books.view(self.link.boot_bytes)
 
     def explain(self) -> Decision | None:
         """What the engine would decide now, from the same pure function the loop uses."""
@@ -275,13 +268,9 @@ class GuestController:
         )
         if not ok or self._done():
             return False
-        self.history.clear()
+        self.books.connected(self._clock())
         self._policy = None
         self._stats_interval_s = None
-        if self.last_report_s is None:
-            # The stale-stats clock starts at the first connect: a guest this daemon finds
-            # shrunk and silent (a restart after a crash) is handed back in time too.
-            self.last_report_s = self._clock()
         if self.link.state is LinkState.NO_DEVICE:
             if not self._no_device_logged:
                 self.log.warning(
@@ -331,48 +320,31 @@ class GuestController:
         actual = await self.link.current_actual(timeout_s=timeout)
         now = self._clock()
         sample = GuestSample(t_s=now, actual_bytes=actual, stats=stats if stats.valid else None)
-        self._notice_external(sample)
-        self.history.append(sample)
-        if stats.valid and stats.last_update != self._last_update_seen:
-            self._last_update_seen = stats.last_update
-            self.last_report_s = now
+        move = self.books.record(sample)
+        if move is not None:
+            self._report_external(move, sample)
         if self._done():
             return  # shutting down: start no new balloon change
         await self._act()
 
-    def _notice_external(self, sample: GuestSample) -> None:
-        """Accept a balloon move balloond did not make instead of fighting it.
-
-        It is external when ``actual`` moved *away* from the target balloond last set: a
-        guest's deflate-on-oom (upwards: memory pressure, so it also counts as a deflate
-        for the cooldown) or another QMP client.
-        """
-        target = self.target_bytes
-        previous = self.history[-1].actual_bytes if self.history else None
-        if target is None or not moved_externally(
-            target_bytes=target, previous_actual_bytes=previous, actual_bytes=sample.actual_bytes
-        ):
-            return
-        grew = sample.actual_bytes > self.history[-1].actual_bytes
-        self.external_change_s = sample.t_s
-        if grew:
-            self.last_deflate_s = sample.t_s
+    def _report_external(self, move: ExternalMove, sample: GuestSample) -> None:
+        """Say that a balloon move balloond did not make was accepted instead of fought: a
+        guest's deflate-on-oom (upwards: memory pressure, so the books also count it as a
+        deflate for the cooldown) or another QMP client."""
         self.log.info(
             "balloon moved to %s without balloond (target was %s): %s",
-            fmt_size(sample.actual_bytes),
-            fmt_size(target),
-            "the guest deflated it" if grew else "changed by another client",
+            fmt_size(move.actual_bytes),
+            fmt_size(move.target_bytes),
+            "the guest deflated it" if move.grew else "changed by another client",
         )
         self._record(
             actor="guest",
-            old=target,
-            new=sample.actual_bytes,
+            old=move.target_bytes,
+            new=move.actual_bytes,
             reason="external-change",
             explanation="balloon moved without balloond; accepted, backing off",
             sample=sample,
         )
-        # Adopt the guest's size as the target so QEMU's target matches what is.
-        self.target_bytes = sample.actual_bytes
 
     async def _act(self) -> None:
         intent = self.intent
@@ -433,15 +405,21 @@ class GuestController:
             reason=str(decision.reason),
             explanation=decision.explanation,
             actor="engine",
+            engine_reason=decision.reason,
         )
-        self.last_reason = decision.reason
 
-    async def _apply(self, target: int, *, reason: str, explanation: str, actor: str) -> None:
+    async def _apply(
+        self,
+        target: int,
+        *,
+        reason: str,
+        explanation: str,
+        actor: str,
+        engine_reason: Reason | None = None,
+    ) -> None:
         old = self.history[-1].actual_bytes if self.history else None
         await self.link.set_target(target, timeout_s=self.timing.qmp_timeout_s)
-        self.target_bytes = target
-        if old is not None and target > old:
-            self.last_deflate_s = self._clock()
+        self.books.applied(target, now_s=self._clock(), reason=engine_reason)
         self.log.info("%s -> %s (%s): %s", fmt_size(old), fmt_size(target), reason, explanation)
         self._record(
             actor=actor,
