@@ -29,6 +29,8 @@ from typing import Any
 
 from balloond.audit import AuditLog
 from balloond.errors import LinkError, NoBalloonError, QMPCommandError
+from balloond.events import BalloonChange, HoldExpired
+from balloond.events import GuestEvent as ControllerEvent
 from balloond.link import GuestEvent, GuestLink, LinkState
 from balloond.policy import Decision, GuestView, Reason, ResolvedPolicy, decide
 from balloond.policy.books import (
@@ -92,7 +94,7 @@ class GuestController:
         audit: AuditLog,
         dry_run: bool = False,
         intent: Intent | None = None,
-        on_change: Callable[[GuestController, dict[str, Any]], None] | None = None,
+        on_change: Callable[[GuestController, ControllerEvent], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -353,7 +355,7 @@ class GuestController:
             self.log.info("manual hold expired: back to automatic")
             self.intent = intent = Intent(policy_override=intent.policy_override)
             if self._on_change is not None:
-                self._on_change(self, {"intent": "expired"})
+                self._on_change(self, HoldExpired(self.name))
         if intent.mode is Mode.PAUSED:
             return
         if intent.mode is Mode.MANUAL and intent.manual_target_bytes is not None:
@@ -454,7 +456,7 @@ class GuestController:
         }
         self.last_action = self.audit.write(record)
         if self._on_change is not None:
-            self._on_change(self, self.last_action)
+            self._on_change(self, BalloonChange(self.name, self.last_action))
 
     def _bounds(self, actor: str) -> dict[str, int | None]:
         """The limits a target of ``actor`` had to keep, for the audit record: the engine's

@@ -23,6 +23,8 @@ from balloond.config import Config, load_config
 from balloond.controller import GuestController, Intent, Timing
 from balloond.discovery import discover
 from balloond.errors import ConfigError
+from balloond.events import BalloonChange, HoldExpired
+from balloond.events import GuestEvent as ControllerEvent
 from balloond.host import read_host
 from balloond.link import GuestLink, LinkState, silence_qmp_library_logs
 from balloond.policy import Reason, Reclaim, ResolvedPolicy, plan_host
@@ -71,8 +73,8 @@ class Daemon:
         self.host_caps: dict[str, int] = {}
         self.started_s = clock()
         self.cycles = 0
-        #: Called with (controller, record) for every change and audit record.
-        self.listeners: list[Callable[[GuestController, dict[str, Any]], None]] = []
+        #: Called with (controller, change) for every balloon change and audit record.
+        self.listeners: list[Callable[[GuestController, BalloonChange], None]] = []
         self._stop = asyncio.Event()
         #: Owns every long-lived task: guests, daemon-wide loops, and the service's adapters.
         self.supervisor = Supervisor(self._stop)
@@ -250,12 +252,13 @@ class Daemon:
             ctrl.link = GuestLink(ctrl.name, ctrl.link.socket_path, on_event=ctrl.link.on_event)
         await ctrl.run()
 
-    def _notify(self, ctrl: GuestController, record: dict[str, Any]) -> None:
-        if record.get("intent") == "expired":
+    def _notify(self, ctrl: GuestController, event: ControllerEvent) -> None:
+        if isinstance(event, HoldExpired):
             self.intents_changed()  # a hold ran out: a restart must not bring it back
+            return
         for listener in self.listeners:
             try:
-                listener(ctrl, record)
+                listener(ctrl, event)
             except Exception:
                 log.exception("change listener failed")
 

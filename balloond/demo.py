@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from balloond.daemon import PRESSURE_REASONS
+from balloond.events import BalloonChange
 from balloond.units import MiB
 
 GUEST_MIB = 512
@@ -111,7 +112,8 @@ async def run_demo(*, duration_s: float = 60.0, n_guests: int = 3) -> int:
         config = _demo_config(base, guests, workdir)
         daemon = Daemon(config)
 
-        def count(_ctrl: Any, record: dict[str, Any]) -> None:
+        def count(_ctrl: Any, change: BalloonChange) -> None:
+            record = change.record
             if "new_bytes" not in record or record.get("actor") == "guest":
                 return
             tally.changes += 1

@@ -50,6 +50,7 @@ from balloond import tasks
 from balloond.commands import Commands, error_reply, guest_status, request_id
 from balloond.config import MqttConfig
 from balloond.errors import BrokerError, ConfigError, InternalError, RequestError
+from balloond.events import BalloonChange
 from balloond.tasks import cancel_and_wait, sleep_unless
 
 if TYPE_CHECKING:
@@ -330,8 +331,8 @@ class MqttAdapter:
         return cfg
 
     # --- the daemon's side: called in the control loop, never waits -------------------------
-    def _on_record(self, ctrl: GuestController, record: dict[str, Any]) -> None:
-        self.outbox.put_event(record if "guest" in record else {"guest": ctrl.name, **record})
+    def _on_record(self, ctrl: GuestController, change: BalloonChange) -> None:
+        self.outbox.put_event({"guest": change.guest, **change.record})
 
     # --- the loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

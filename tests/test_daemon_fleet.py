@@ -4,6 +4,7 @@ and go, one hung guest among healthy ones, and memory that stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,10 @@ import pytest
 from daemon_helpers import WAIT_S, running, until
 from prometheus_client import generate_latest
 
+from balloond.commands import Commands
 from balloond.config import Config, StaticGuest, parse_config
+from balloond.controller import Mode
+from balloond.events import BalloonChange
 from balloond.link import EVENT_QUEUE_LEN, GuestLink, LinkState
 from balloond.metrics import make_registry
 from balloond.notify import status_line
@@ -194,3 +198,30 @@ async def test_a_guest_moved_to_another_socket_leaves_no_old_task(tmp_path: Path
         assert await until(lambda: new.link.state is LinkState.ACTIVE, timeout_s=WAIT_S)
         tasks = [t for t in asyncio.all_tasks() if t.get_name() == "guest:vm" and not t.done()]
         assert len(tasks) == 1
+
+
+async def test_an_expired_hold_is_saved_and_not_published(tmp_path: Path) -> None:
+    """When a hold runs out the guest goes back to automatic, the saved state forgets the
+    hold (a restart must not bring it back), and listeners (MQTT's events topic) hear only
+    balloon changes, never the daemon's own bookkeeping."""
+    sock_dir = tmp_path / "socks"
+    sock_dir.mkdir()
+    heard: list[object] = []
+    async with (
+        SimFleet(dir=sock_dir, guests=[SimGuestSpec("vm", GUEST_RAM)]),
+        running(fleet_config(tmp_path, sock_dir)) as daemon,
+    ):
+        daemon.listeners.append(lambda _ctrl, change: heard.append(change))
+        ctrl = daemon.guests["vm"]
+        assert await until(lambda: ctrl.link.state is LinkState.ACTIVE)
+        reply = await Commands(daemon).handle(
+            {"op": "set", "guest": "vm", "size": "700MiB", "hold": 1}
+        )
+        assert reply["ok"], reply
+        saved = tmp_path / "state" / "intents.json"
+        assert "vm" in json.loads(saved.read_text())["guests"]
+        assert await until(lambda: ctrl.intent.mode is Mode.AUTO), "the hold never ran out"
+        assert await until(lambda: "vm" not in json.loads(saved.read_text())["guests"])
+    assert heard, "no balloon change was heard"
+    assert all(isinstance(change, BalloonChange) for change in heard)
+    assert any(change.record["reason"] == "manual" for change in heard)  # type: ignore[attr-defined]

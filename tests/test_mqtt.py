@@ -45,6 +45,7 @@ from balloond.commands import Commands
 from balloond.config import MQTT_OPS, MqttConfig, load_config, parse_config
 from balloond.daemon import Daemon
 from balloond.errors import ConfigError
+from balloond.events import BalloonChange
 from balloond.lab import LabGuest
 from balloond.mqtt import (
     BrokerState,
@@ -414,7 +415,7 @@ async def test_a_hung_broker_never_holds_up_the_daemon_and_its_queue_stays_bound
             ctrl = SimpleNamespace(name="web")
             for n in range(1000):
                 for listener in daemon.listeners:
-                    listener(ctrl, {"guest": "web", "n": n})  # type: ignore[arg-type]
+                    listener(ctrl, BalloonChange("web", {"n": n}))  # type: ignore[arg-type]
             assert len(adapter.outbox.events) <= 50
             assert adapter.outbox.dropped_events >= 950
             # The adapter notices (a publish times out), and its next connects time out
