@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from balloond.units import MiB, parse_duration, parse_size
+from balloond.units import MiB, fmt_mib, parse_duration, parse_size
 
 DEFAULT_SOCKET = "/run/balloond/control.sock"
 #: How long to wait for the daemon's reply (a reload re-reads the config; allow for it).
@@ -188,10 +188,6 @@ def _result(reply: dict[str, Any]) -> Any:
 # --- formatting -------------------------------------------------------------------------
 
 
-def mib(n_bytes: int | None) -> str:
-    return "-" if n_bytes is None else f"{n_bytes / MiB:.0f}"
-
-
 def _ago(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 90:
@@ -228,7 +224,7 @@ def _last_action(g: dict[str, Any], now: float) -> tuple[str, str]:
         return "-", reason
     when = _epoch(str(action.get("time")))
     ago = f" {_ago(now - when)} ago" if when is not None else ""
-    moved = f"{mib(action.get('old_bytes'))}->{mib(action.get('new_bytes'))}"
+    moved = f"{fmt_mib(action.get('old_bytes'))}->{fmt_mib(action.get('new_bytes'))}"
     return f"{moved} by {action.get('actor', '?')}{ago}", str(action.get("reason", "-"))
 
 
@@ -254,9 +250,9 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
             (
                 str(g.get("name")),
                 str(g.get("state")),
-                mib(g.get("actual_bytes")),
-                mib(g.get("target_bytes")),
-                mib(g.get("available_bytes")),
+                fmt_mib(g.get("actual_bytes")),
+                fmt_mib(g.get("target_bytes")),
+                fmt_mib(g.get("available_bytes")),
                 str(g.get("policy") or "-"),
                 _mode(g, now),
                 action,
@@ -275,13 +271,14 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
     s = status.get("summary") or {}
     head = (
         f"{s.get('guests', 0)} guests ({s.get('active', 0)} active), "
-        f"{mib(s.get('reclaimed_bytes', 0))} MiB reclaimed, "
+        f"{fmt_mib(s.get('reclaimed_bytes', 0))} MiB reclaimed, "
         f"{s.get('under_pressure', 0)} under pressure"
     )
     host = status.get("host")
     if host:
         head += (
-            f"; host {mib(host.get('available_bytes'))} of {mib(host.get('total_bytes'))} MiB "
+            f"; host {fmt_mib(host.get('available_bytes'))} of "
+            f"{fmt_mib(host.get('total_bytes'))} MiB "
             f"available{' (under pressure)' if host.get('pressure') else ''}"
         )
     out = [head]
@@ -312,13 +309,13 @@ def format_guest(g: dict[str, Any], *, now: float | None = None) -> str:
         f"state:      {g.get('state')}",
         f"mode:       {_mode(g, now)}",
         f"policy:     {g.get('policy') or '-'}",
-        f"boot:       {mib(g.get('boot_bytes'))} MiB",
-        f"actual:     {mib(g.get('actual_bytes'))} MiB",
-        f"target:     {mib(g.get('target_bytes'))} MiB",
-        f"available:  {mib(g.get('available_bytes'))} MiB",
+        f"boot:       {fmt_mib(g.get('boot_bytes'))} MiB",
+        f"actual:     {fmt_mib(g.get('actual_bytes'))} MiB",
+        f"target:     {fmt_mib(g.get('target_bytes'))} MiB",
+        f"available:  {fmt_mib(g.get('available_bytes'))} MiB",
     ]
     if g.get("host_cap_bytes") is not None:
-        lines.append(f"host cap:   {mib(g.get('host_cap_bytes'))} MiB")
+        lines.append(f"host cap:   {fmt_mib(g.get('host_cap_bytes'))} MiB")
     if g.get("stats_stale_s") is not None:
         lines.append(f"stats:      STALE, no guest report for {g['stats_stale_s']} s")
     lines.append(f"last:       {action} ({reason})")
@@ -330,7 +327,7 @@ def format_explain(e: dict[str, Any]) -> str:
     decision = e.get("decision")
     if decision:
         target = decision.get("target_bytes")
-        verdict = "keep as is" if target is None else f"target {mib(target)} MiB"
+        verdict = "keep as is" if target is None else f"target {fmt_mib(target)} MiB"
         lines.append(f"decision:   {verdict} ({decision.get('reason')})")
     lines.append(f"why:        {e.get('explanation')}")
     if e.get("note"):
@@ -382,7 +379,8 @@ def _render(args: argparse.Namespace, result: Any) -> str:
         return format_guest(result) if args.guest else format_status(result)
     if cmd == "set":
         hold = f" for {args.hold}" if args.hold is not None else " until `balloonctl resume`"
-        return f"{result.get('name')}: held at {mib(result.get('manual_target_bytes'))} MiB{hold}"
+        held = fmt_mib(result.get("manual_target_bytes"))
+        return f"{result.get('name')}: held at {held} MiB{hold}"
     if cmd in ("pause", "resume"):
         names = ", ".join(result.get("guests", [])) or "no guests"
         return f"{names}: {result.get('mode')}"

@@ -28,7 +28,7 @@ from typing import Any
 
 from balloond.daemon import PRESSURE_REASONS
 from balloond.events import BalloonChange
-from balloond.units import MiB
+from balloond.units import MiB, fmt_mib
 
 GUEST_MIB = 512
 #: Scripted workloads: (guest, start as a fraction of the run, MiB, MiB/s, stop fraction).
@@ -50,10 +50,6 @@ def _example_config_path() -> Path | None:
     return here if here.is_file() else None
 
 
-def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / MiB:.0f}"
-
-
 def _table(daemon: Any, elapsed_s: float, duration_s: float) -> str:
     lines = [
         f"balloond demo  t={elapsed_s:5.1f}s / {duration_s:.0f}s",
@@ -67,9 +63,9 @@ def _table(daemon: Any, elapsed_s: float, duration_s: float) -> str:
         decision = ctrl.last_decision
         lines.append(
             f"{name:<8} {ctrl.link.state.value:<10} "
-            f"{_mib(last.actual_bytes if last else None):>10} "
-            f"{_mib(stats.available_bytes if stats else None):>10} "
-            f"{_mib(ctrl.target_bytes):>10}  "
+            f"{fmt_mib(last.actual_bytes if last else None):>10} "
+            f"{fmt_mib(stats.available_bytes if stats else None):>10} "
+            f"{fmt_mib(ctrl.target_bytes):>10}  "
             f"{decision.reason if decision else '-'}: "
             f"{(decision.explanation if decision else '')[:70]}"
         )

@@ -92,18 +92,25 @@ def to_mib(n_bytes: int | None) -> float | None:
 
 
 def fmt_size(n_bytes: int | None) -> str:
-    """Bytes as a short human string: ``'512MiB'``, ``'1.5GiB'``, ``'-'`` for None."""
+    """Bytes as people read them, the one size formatter for logs, explanations and status:
+    ``'512MiB'``; ``'1GiB'`` and ``'1.5GiB'`` when a tenth of a GiB is exact, otherwise
+    whole MiB below 10 GiB and ``'12.3GiB'`` above; KiB and bytes below a MiB; ``'-'`` for
+    None."""
     if n_bytes is None:
         return "-"
-    sign = "-" if n_bytes < 0 else ""
-    n = abs(n_bytes)
-    if n >= 4 * GiB:
-        return f"{sign}{n / GiB:.1f}GiB".replace(".0GiB", "GiB")
-    if n >= MiB:
+    sign, n = ("-", -n_bytes) if n_bytes < 0 else ("", n_bytes)
+    if n >= GiB and ((n * 10) % GiB == 0 or n >= 10 * GiB):
+        return f"{sign}{n / GiB:.1f}".removesuffix(".0") + "GiB"
+    if n >= MiB or n == 0:
         return f"{sign}{n / MiB:.0f}MiB"
     if n >= KiB:
         return f"{sign}{n / KiB:.0f}KiB"
     return f"{sign}{n}B"
+
+
+def fmt_mib(n_bytes: int | None) -> str:
+    """A table cell in MiB, the number alone (``'512'``); ``'-'`` for None."""
+    return "-" if n_bytes is None else f"{n_bytes / MiB:.0f}"
 
 
 #: The longest hold an operator may set (a year and a day).

@@ -134,7 +134,7 @@ def _fake_daemon(**summary: Any) -> Any:
 def test_status_line() -> None:
     fake = _fake_daemon()
     assert status_line(cast(Daemon, fake)) == (
-        "2 guests (2 active), 1536MiB reclaimed, 1 under pressure"
+        "2 guests (2 active), 1.5GiB reclaimed, 1 under pressure"
     )
     fake.reload_error = "policy.x: bad"
     assert status_line(cast(Daemon, fake)).endswith("last reload refused: policy.x: bad")

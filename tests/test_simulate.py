@@ -173,7 +173,7 @@ def test_simulate_prints_the_report_and_writes_the_chart(tmp_path: Path) -> None
     assert "reclaimed GiB-h" in lines[header]
     assert [lines[header + 2 + i].split()[0] for i in range(4)] == list(CONTROLLERS)
     assert "no OOM kill" in done.stdout
-    assert "bursty 1024MiB (default), sawtooth 1024MiB (default)" in done.stdout
+    assert "bursty 1GiB (default), sawtooth 1GiB (default)" in done.stdout
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| balloond |" in (out / "report.md").read_text()
     data = json.loads((out / "results.json").read_text())
@@ -281,4 +281,4 @@ async def test_recorded_traces_replay_in_simulate(tmp_path: Path) -> None:
         "--config", CONFIG, "--trace", record_dir / "web.json", "--out", tmp_path / "out"
     )
     assert done.returncode == 0, done.stderr
-    assert "web 1024MiB (default)" in done.stdout
+    assert "web 1GiB (default)" in done.stdout

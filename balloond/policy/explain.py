@@ -6,20 +6,11 @@ here so the engine's logic reads as logic.
 
 from __future__ import annotations
 
-from balloond.units import GiB, MiB
+from balloond.units import fmt_size
 
-
-def size(n_bytes: int) -> str:
-    """``'512MiB'``, ``'1GiB'``, ``'1.5GiB'``, ``'12.3GiB'``; whole MiB below 10GiB otherwise.
-
-    (``units.fmt_size`` prints 1GiB as "1024MiB": it tests divisibility by a rounded tenth.)
-    """
-    sign, n = ("-", -n_bytes) if n_bytes < 0 else ("", n_bytes)
-    if n >= GiB and ((n * 10) % GiB == 0 or n >= 10 * GiB):
-        return f"{sign}{n / GiB:.1f}".removesuffix(".0") + "GiB"
-    if n >= MiB or n == 0:
-        return f"{sign}{n / MiB:.0f}MiB"
-    return f"{sign}{n / 1024:.0f}KiB"
+#: ``'512MiB'``, ``'1GiB'``, ``'1.5GiB'``: the one size formatter, under the name the
+#: engine's explanations use.
+size = fmt_size
 
 
 def size_pct(n_bytes: int, whole_bytes: int) -> str:
