@@ -15,7 +15,9 @@ Sizes are ``"512MiB"``-style strings or integer bytes; durations are seconds or 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -33,6 +35,10 @@ from balloond.errors import (
 )
 from balloond.ops import OPS
 from balloond.units import MiB, fmt_size, parse_duration, parse_size
+
+log = logging.getLogger("balloond.commands")
+#: How long an operator command waits for its intent to be on disk before it answers.
+SAVE_TIMEOUT_S = 10.0
 
 if TYPE_CHECKING:
     from balloond.daemon import Daemon
@@ -180,6 +186,15 @@ class Commands:
             reply["id"] = rid
         return reply
 
+    async def _saved(self) -> None:
+        """Answer only once the operator's intent is on disk (it survives a crash), or
+        after SAVE_TIMEOUT_S of a disk that does not answer (it is in force meanwhile)."""
+        try:
+            async with asyncio.timeout(SAVE_TIMEOUT_S):
+                await self.daemon.intents_changed()
+        except TimeoutError:
+            log.warning("operator state not on disk after %.0fs; saved when it is", SAVE_TIMEOUT_S)
+
     def _guest(self, name: str) -> GuestController:
         try:
             return self.daemon.guests[name]
@@ -210,7 +225,7 @@ class Commands:
                     policy_override=ctrl.intent.policy_override,
                 )
             )
-            d.intents_changed()
+            await self._saved()
             return guest_status(ctrl)
         if isinstance(req, PauseReq):
             changed = []
@@ -218,7 +233,7 @@ class Commands:
                 mode = Mode.PAUSED if req.op == "pause" else Mode.AUTO
                 ctrl.set_intent(Intent(mode=mode, policy_override=ctrl.intent.policy_override))
                 changed.append(ctrl.name)
-            d.intents_changed()
+            await self._saved()
             return {"guests": changed, "mode": "paused" if req.op == "pause" else "auto"}
         if isinstance(req, PolicyReq):
             ctrl = self._guest(req.guest)
@@ -234,7 +249,7 @@ class Commands:
                 )
             )
             d.refresh_policy(ctrl)
-            d.intents_changed()
+            await self._saved()
             return guest_status(ctrl)
         if isinstance(req, ExplainReq):
             return explain(self._guest(req.guest))

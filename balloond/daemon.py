@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,9 @@ log = logging.getLogger("balloond.daemon")
 
 #: How long shutdown waits for controllers to finish their step before cancelling them.
 STOP_BUDGET_S = 3.0
+#: How long shutdown waits for the last audit lines and the saved state to reach the disk.
+IO_DRAIN_S = 2.0
+
 #: Decision reasons that mean the guest needed memory.
 PRESSURE_REASONS = frozenset({"pressure", "oom-risk", "thrashing", "guest-deflate"})
 
@@ -67,7 +71,10 @@ class Daemon:
         self.dry_run = config.daemon.dry_run if dry_run is None else dry_run
         self._read_host = host_reader
         self._clock = clock
-        self.audit = AuditLog(config.daemon.audit_path)
+        #: One thread for blocking file I/O (audit lines, fsynced state), in submission order,
+        #: so that a slow disk never holds the event loop.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="balloond-io")
+        self.audit = AuditLog(config.daemon.audit_path, executor=self._io)
         self.guests: dict[str, GuestController] = {}
         self.host: HostSnapshot | None = None
         self.host_caps: dict[str, int] = {}
@@ -139,12 +146,19 @@ class Daemon:
         name, resolver = self._policy_resolver(ctrl.name, ctrl.intent)
         ctrl.set_policy(name, resolver)
 
-    def intents_changed(self) -> None:
-        """Persist every guest's intent (called after each operator command)."""
+    def intents_changed(self) -> asyncio.Future[None]:
+        """Persist every guest's intent (after each operator command, an expired hold, and
+        at the end). The write and its fsync run in the I/O thread, in order; the returned
+        future ends once it is on disk (or failed, which is logged): an operator command
+        awaits it, the control loop need not."""
         for name, ctrl in self.guests.items():
             self.saved_intents[name] = ctrl.intent
+        snapshot = dict(self.saved_intents)
+        return asyncio.get_running_loop().run_in_executor(self._io, self._save, snapshot)
+
+    def _save(self, intents: dict[str, Intent]) -> None:
         try:
-            self.store.save(self.saved_intents)
+            self.store.save(intents)
         except OSError as exc:
             log.error("cannot save operator state to %s: %s", self.store.path, exc)
 
@@ -197,7 +211,7 @@ class Daemon:
         if self._dry_run_flag is None:
             self.dry_run = config.daemon.dry_run
         self.audit.close()
-        self.audit = AuditLog(config.daemon.audit_path)
+        self.audit = AuditLog(config.daemon.audit_path, executor=self._io)
         timing = self.timing()
         for name, ctrl in self.guests.items():
             policy_name, resolver = self._policy_resolver(name, ctrl.intent)
@@ -254,7 +268,8 @@ class Daemon:
 
     def _notify(self, ctrl: GuestController, event: ControllerEvent) -> None:
         if isinstance(event, HoldExpired):
-            self.intents_changed()  # a hold ran out: a restart must not bring it back
+            # A hold ran out: a restart must not bring it back (saved in the I/O thread).
+            self.intents_changed()
             return
         for listener in self.listeners:
             try:
@@ -342,6 +357,12 @@ class Daemon:
         finally:
             self.request_stop()
             await self.supervisor.shutdown(STOP_BUDGET_S)
-            self.intents_changed()
+            saved = self.intents_changed()
             self.audit.close()
+            try:
+                async with asyncio.timeout(IO_DRAIN_S):
+                    await saved  # the I/O thread works in order: the audit lines are out too
+            except TimeoutError:
+                log.error("file writes did not finish within %.0fs of the stop", IO_DRAIN_S)
+            self._io.shutdown(wait=False)
             log.info("stopped")
