@@ -210,7 +210,7 @@ class Commands:
         d = self.daemon
         if isinstance(req, StatusReq):
             if req.guest is not None:
-                return guest_status(self._guest(req.guest))
+                return self._guest(req.guest).status()
             return d.status()
         if isinstance(req, SetReq):
             ctrl = self._guest(req.guest)
@@ -226,7 +226,7 @@ class Commands:
                 )
             )
             await self._saved()
-            return guest_status(ctrl)
+            return ctrl.status()
         if isinstance(req, PauseReq):
             changed = []
             for ctrl in self._targets(req):
@@ -250,7 +250,7 @@ class Commands:
             )
             d.refresh_policy(ctrl)
             await self._saved()
-            return guest_status(ctrl)
+            return ctrl.status()
         if isinstance(req, ExplainReq):
             return explain(self._guest(req.guest))
         if isinstance(req, ReloadReq):
@@ -275,43 +275,10 @@ def check_bounds(ctrl: GuestController, size: int) -> None:
         )
 
 
-def guest_status(ctrl: GuestController) -> dict[str, Any]:
-    """One guest's state for status tables, MQTT retained topics and scripts (bytes)."""
-    last = ctrl.history[-1] if ctrl.history else None
-    stats = last.stats if last else None
-    decision = ctrl.last_decision
-    action = ctrl.last_action
-    intent = ctrl.intent
-    return {
-        "name": ctrl.name,
-        "state": ctrl.link.state.value,
-        "mode": intent.mode.value,
-        "policy": ctrl.policy_name,
-        "boot_bytes": ctrl.link.boot_bytes,
-        "actual_bytes": last.actual_bytes if last else None,
-        "target_bytes": ctrl.target_bytes,
-        "available_bytes": stats.available_bytes if stats else None,
-        "manual_target_bytes": intent.manual_target_bytes,
-        "hold_until": intent.hold_until,
-        "host_cap_bytes": ctrl.host_cap_bytes,
-        "stats_stale_s": ctrl.stats_stale_s(),
-        "last_decision": (
-            {"reason": str(decision.reason), "explanation": decision.explanation}
-            if decision
-            else None
-        ),
-        "last_action": (
-            {k: action[k] for k in ("time", "actor", "old_bytes", "new_bytes", "reason")}
-            if action
-            else None
-        ),
-    }
-
-
 def explain(ctrl: GuestController) -> dict[str, Any]:
     """What the engine would decide for this guest now, and why."""
     decision = ctrl.explain()
-    status = guest_status(ctrl)
+    status = ctrl.status()
     if decision is None:
         why = (
             f"no decision: link is {ctrl.link.state.value}"

@@ -208,6 +208,38 @@ class GuestController:
         """A frozen view of this guest for the engine and the host planner."""
         return self.books.view(self.link.boot_bytes)
 
+    def status(self) -> dict[str, Any]:
+        """This guest's state for status tables, MQTT retained topics and scripts (bytes)."""
+        last = self.history[-1] if self.history else None
+        stats = last.stats if last else None
+        decision = self.last_decision
+        action = self.last_action
+        intent = self.intent
+        return {
+            "name": self.name,
+            "state": self.link.state.value,
+            "mode": intent.mode.value,
+            "policy": self.policy_name,
+            "boot_bytes": self.link.boot_bytes,
+            "actual_bytes": last.actual_bytes if last else None,
+            "target_bytes": self.target_bytes,
+            "available_bytes": stats.available_bytes if stats else None,
+            "manual_target_bytes": intent.manual_target_bytes,
+            "hold_until": intent.hold_until,
+            "host_cap_bytes": self.host_cap_bytes,
+            "stats_stale_s": self.stats_stale_s(),
+            "last_decision": (
+                {"reason": str(decision.reason), "explanation": decision.explanation}
+                if decision
+                else None
+            ),
+            "last_action": (
+                {k: action[k] for k in ("time", "actor", "old_bytes", "new_bytes", "reason")}
+                if action
+                else None
+            ),
+        }
+
     def explain(self) -> Decision | None:
         """What the engine would decide now, from the same pure function the loop uses."""
         view, policy = self.view(), self.policy

@@ -164,9 +164,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """Daemon-wide status for balloonctl, MQTT and sd_notify."""
-        from balloond.commands import guest_status
-
-        guests = [guest_status(c) for c in sorted(self.guests.values(), key=lambda c: c.name)]
+        guests = [c.status() for c in sorted(self.guests.values(), key=lambda c: c.name)]
         host = self.host
         return {
             "guests": guests,

@@ -47,7 +47,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from balloond import tasks
-from balloond.commands import Commands, error_reply, guest_status, request_id
+from balloond.commands import Commands, error_reply, request_id
 from balloond.config import MqttConfig
 from balloond.errors import BrokerError, ConfigError, InternalError, RequestError
 from balloond.events import BalloonChange
@@ -587,7 +587,7 @@ class MqttAdapter:
     def snapshots(self) -> dict[str, bytes]:
         """Every guest's state payload as it would be published now."""
         return {
-            name: json.dumps(guest_status(ctrl), separators=(",", ":"), default=str).encode()
+            name: json.dumps(ctrl.status(), separators=(",", ":"), default=str).encode()
             for name, ctrl in list(self.daemon.guests.items())
         }
 

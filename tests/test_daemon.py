@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from daemon_helpers import WAIT_S, running, until
 
-from balloond.commands import Commands, guest_status
+from balloond.commands import Commands
 from balloond.config import Config, parse_config
 from balloond.lab import LabGuest
 from balloond.link import GuestLink, LinkState
@@ -353,7 +353,7 @@ async def test_a_guest_gone_blind_gets_its_memory_back_until_stats_flow(
         await guest.monitor("stop")
         try:
             assert await until(lambda: ctrl.target_bytes == 512 * MiB), "not handed back"
-            status = guest_status(ctrl)
+            status = ctrl.status()
             assert status["stats_stale_s"] is not None
             assert status["last_action"]["reason"] == "stats-lost"
             record = [r for r in await _audit(tmp_path) if r["reason"] == "stats-lost"]
@@ -367,7 +367,7 @@ async def test_a_guest_gone_blind_gets_its_memory_back_until_stats_flow(
             await guest.monitor("cont")
         # The guest runs again: the deflate it was asked for happens, stats flow, and
         # balloond reclaims again once its cooldown is over.
-        assert await until(lambda: guest_status(ctrl)["stats_stale_s"] is None)
+        assert await until(lambda: ctrl.status()["stats_stale_s"] is None)
         assert await until(
             lambda: ctrl.target_bytes is not None and ctrl.target_bytes < 512 * MiB
         ), "never reclaimed again"
