@@ -1,11 +1,14 @@
-"""Helpers for tests that run the daemon in-process."""
+"""Helpers for tests that run the daemon: in-process, or as its own ``balloond run``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from balloond.config import Config
@@ -38,3 +41,52 @@ async def until(check: Callable[[], bool], *, timeout_s: float = WAIT_S) -> bool
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+#: The venv's scripts (balloond, balloonctl).
+SCRIPTS = Path(sys.executable).parent
+#: What systemd would hand the daemon; a test sets these itself or not at all.
+_SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
+
+
+class Balloond:
+    """One ``balloond run`` subprocess; its output goes to a log file in the test's dir."""
+
+    def __init__(self, *, workdir: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.config = config
+        inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
+        self.env = {**inherited, **(env or {})}
+        self.log_path = workdir / "balloond.log"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(SCRIPTS / "balloond"),
+                "run",
+                "--config",
+                str(self.config),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.env,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        async with asyncio.timeout(WAIT_S):
+            return await self.proc.wait()
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()

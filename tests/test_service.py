@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import SCRIPTS, Balloond
 from prometheus_client.parser import text_string_to_metric_families
 
 from balloond import ctl
@@ -31,11 +31,8 @@ from balloond.units import MiB
 pytestmark = pytest.mark.lab
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]
-SCRIPTS = Path(sys.executable).parent
 #: Generous: a loaded 2-core machine under TCG is slow, and these are waits, not limits.
 WAIT_S = 60.0
-#: What systemd would hand the daemon; a test sets these itself or not at all.
-_SYSTEMD_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
 
 
 def _free_port() -> int:
@@ -65,49 +62,6 @@ name = "{guest.name}"
 qmp = "{guest.qmp_socket}"
 
 {metrics}"""
-
-
-class Balloond:
-    """One ``balloond run`` subprocess; its output goes to a log file in the test's dir."""
-
-    def __init__(self, *, workdir: Path, config: Path, env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.config = config
-        inherited = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
-        self.env = {**inherited, **(env or {})}
-        self.log_path = workdir / "balloond.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                str(SCRIPTS / "balloond"),
-                "run",
-                "--config",
-                str(self.config),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=self.env,
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(WAIT_S):
-            return await self.proc.wait()
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
 
 
 @pytest.fixture

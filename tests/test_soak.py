@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import Balloond
 from mqtt_helpers import Broker, Peer, hostile_request, json_of
 
 from balloond.lab import LabGuest
@@ -47,7 +47,6 @@ from balloond.units import GiB, MiB
 pytestmark = [pytest.mark.soak, pytest.mark.lab, pytest.mark.broker]
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]
-SCRIPTS = Path(sys.executable).parent
 SIM_GUESTS = 200
 REAL_GUESTS = ("r1", "r2", "r3")
 #: Simulated guests that are never killed or removed: they carry the operator's holds and
@@ -179,7 +178,7 @@ class Soak:
 
     @property
     def log(self) -> Path:
-        return self.workdir / "balloond.log"
+        return self.workdir / "balloond.log"  # where Balloond writes its output
 
     def note(self, fault: str, detail: str = "") -> None:
         self.faults[fault] += 1
@@ -188,16 +187,10 @@ class Soak:
 
     # --- the process -----------------------------------------------------------------------
     async def start_daemon(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                str(SCRIPTS / "balloond"),
-                "run",
-                "--config",
-                str(self.config),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
+        daemon = Balloond(workdir=self.workdir, config=self.config)
+        await daemon.start()
+        assert daemon.proc is not None
+        self.proc = daemon.proc
         self.pids.append(self.proc.pid)
         deadline = time.monotonic() + WAIT_S
         while True:
