@@ -122,6 +122,7 @@ class GuestController:
         #: The stats polling interval applied since the last connect; None: not yet.
         self._stats_interval_s: int | None = None
         self._no_device_logged = False
+        self._no_deflate_on_oom_logged = False
         #: The manual target a dry run last reported as not applied.
         self._dry_run_manual: int | None = None
         link.on_event = self._on_event
@@ -228,6 +229,8 @@ class GuestController:
             "hold_until": intent.hold_until,
             "host_cap_bytes": self.host_cap_bytes,
             "stats_stale_s": self.stats_stale_s(),
+            "deflate_on_oom": self.link.deflate_on_oom,
+            "free_page_reporting": self.link.free_page_reporting,
             "last_decision": (
                 {"reason": str(decision.reason), "explanation": decision.explanation}
                 if decision
@@ -314,6 +317,16 @@ class GuestController:
                 self._no_device_logged = True
             return True
         self._no_device_logged = False
+        if self.link.deflate_on_oom is False and not self._no_deflate_on_oom_logged:
+            # Stats come at most once a second: a surge that eats the guest's headroom
+            # faster than that is beyond any poll; with deflate-on-oom the guest itself
+            # takes pages back from the balloon first, and balloond respects that.
+            self.log.warning(
+                "deflate-on-oom is off on this balloon device: a surge faster than one "
+                "stats interval can OOM-kill a process in a squeezed guest "
+                "(-device virtio-balloon-pci,...,deflate-on-oom=on)"
+            )
+            self._no_deflate_on_oom_logged = True
         await self._guard(self._enable_stats())
         return True
 

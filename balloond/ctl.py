@@ -297,6 +297,15 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
     else:
         out.append("")
         out.extend(lines)
+    exposed = [
+        str(g.get("name")) for g in status.get("guests", []) if g.get("deflate_on_oom") is False
+    ]
+    if exposed:
+        out.append("")
+        out.append(
+            f"deflate-on-oom off: {', '.join(exposed)} (a surge faster than one stats "
+            "interval can OOM-kill in a squeezed guest; see `balloonctl status GUEST`)"
+        )
     return "\n".join(out)
 
 
@@ -316,6 +325,16 @@ def format_guest(g: dict[str, Any], *, now: float | None = None) -> str:
     ]
     if g.get("host_cap_bytes") is not None:
         lines.append(f"host cap:   {fmt_mib(g.get('host_cap_bytes'))} MiB")
+    features = [
+        f"{name} {'on' if g[key] else 'off'}"
+        for key, name in (
+            ("deflate_on_oom", "deflate-on-oom"),
+            ("free_page_reporting", "free-page-reporting"),
+        )
+        if g.get(key) is not None
+    ]
+    if features:
+        lines.append(f"balloon:    {', '.join(features)}")
     if g.get("stats_stale_s") is not None:
         lines.append(f"stats:      STALE, no guest report for {g['stats_stale_s']} s")
     lines.append(f"last:       {action} ({reason})")

@@ -162,6 +162,9 @@ class GuestLink:
         self._client: _Client | None = None
         self._balloon_path: str | None = None
         self._boot_bytes: int | None = None
+        #: The balloon device's properties, read at each connect (None: unknown).
+        self.deflate_on_oom: bool | None = None
+        self.free_page_reporting: bool | None = None
         self._stats_interval_s: int | None = None
         self._stats_enabled_at: float | None = None
         self._last_stats_update = 0
@@ -297,9 +300,22 @@ class GuestLink:
             self._set_state(LinkState.NO_DEVICE, "no virtio-balloon device in the guest")
             return
         self._last_stats_update = 0
+        self.deflate_on_oom = await self._device_flag(client, "deflate-on-oom")
+        self.free_page_reporting = await self._device_flag(client, "free-page-reporting")
         self._set_state(LinkState.PROBING, f"balloon at {self._balloon_path}")
         if self._stats_interval_s is not None:
             await self._apply_stats_interval(client, self._stats_interval_s)
+
+    async def _device_flag(self, client: _Client, prop: str) -> bool | None:
+        """A boolean property of the balloon device; None where this QEMU has no such
+        property or answers oddly."""
+        try:
+            value = await self._call(
+                client, "qom-get", {"path": self._balloon_path, "property": prop}
+            )
+        except QMPCommandError:
+            return None
+        return value if isinstance(value, bool) else None
 
     async def _find_balloon(self, client: _Client) -> str | None:
         for parent in ("/machine/peripheral", "/machine/peripheral-anon"):

@@ -93,6 +93,11 @@ class DaemonCollector:
             "Time since the guest last reported balloon stats",
             labels=g,
         )
+        features = GaugeMetricFamily(
+            "balloond_guest_balloon_feature",
+            "1 if the balloon device has the feature on, 0 if off (absent: unknown)",
+            labels=["guest", "feature"],
+        )
         info = GaugeMetricFamily(
             "balloond_guest_info",
             "Always 1: the guest's link state, automation mode and policy as labels",
@@ -119,6 +124,12 @@ class DaemonCollector:
             )
             if link.boot_bytes is not None:
                 boot.add_metric([name], link.boot_bytes)
+            for feature, on in (
+                ("deflate-on-oom", link.deflate_on_oom),
+                ("free-page-reporting", link.free_page_reporting),
+            ):
+                if on is not None:
+                    features.add_metric([name, feature], 1 if on else 0)
             if ctrl.target_bytes is not None:
                 target.add_metric([name], ctrl.target_bytes)
             last = ctrl.history[-1] if ctrl.history else None
@@ -134,7 +145,8 @@ class DaemonCollector:
                 decisions.add_metric([name, reason], count)
             errors.add_metric([name], link.errors_total)
             timeouts.add_metric([name], link.timeouts_total)
-        yield from (actual, target, available, boot, age, info, decisions, errors, timeouts)
+        yield from (actual, target, available, boot, age, info, features)
+        yield from (decisions, errors, timeouts)
 
         guests = GaugeMetricFamily(
             "balloond_guests", "Managed guests by link state", labels=["state"]

@@ -53,6 +53,8 @@ class GuestKind:
     balloon_id: str | None = "balloon0"
     driver: bool = True
     booted: bool = False
+    deflate_on_oom: bool = False
+    free_page_reporting: bool = False
 
 
 class Backend:
@@ -87,6 +89,8 @@ class LabBackend(Backend):
             balloon=kind.balloon,
             balloon_id=kind.balloon_id,
             driver=kind.driver,
+            deflate_on_oom=kind.deflate_on_oom,
+            free_page_reporting=kind.free_page_reporting,
         )
         self.guests.append(guest)
         await guest.start()
@@ -114,7 +118,13 @@ class SimBackend(Backend):
 
     async def guest(self, name: str, kind: GuestKind) -> Path:
         spec = SimGuestSpec(
-            name, RAM_BYTES, balloon=kind.balloon, balloon_id=kind.balloon_id, driver=kind.driver
+            name,
+            RAM_BYTES,
+            balloon=kind.balloon,
+            balloon_id=kind.balloon_id,
+            driver=kind.driver,
+            deflate_on_oom=kind.deflate_on_oom,
+            free_page_reporting=kind.free_page_reporting,
         )
         return (await self.fleet.add(spec)).socket_path
 
@@ -402,3 +412,18 @@ async def test_driver_not_loaded_is_no_driver(backend: Backend) -> None:
     finally:
         await link.close()
     assert states == [LinkState.PROBING, LinkState.NO_DRIVER]
+
+
+@pytest.mark.parametrize(
+    ("deflate_on_oom", "free_page_reporting"), [(False, False), (True, True), (True, False)]
+)
+async def test_the_balloon_devices_features_are_read_on_connect(
+    backend: Backend, deflate_on_oom: bool, free_page_reporting: bool
+) -> None:
+    kind = GuestKind(deflate_on_oom=deflate_on_oom, free_page_reporting=free_page_reporting)
+    link = await linked(backend, kind)
+    try:
+        assert link.deflate_on_oom is deflate_on_oom
+        assert link.free_page_reporting is free_page_reporting
+    finally:
+        await link.close()

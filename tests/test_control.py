@@ -326,3 +326,13 @@ def test_balloonctl_loads_neither_qemu_qmp_nor_the_controller() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip() == "[]", out
+
+
+def test_status_shows_the_balloon_devices_features() -> None:
+    guest = {"name": "web", "state": "active", "deflate_on_oom": False, "free_page_reporting": True}
+    text = ctl.format_guest(guest)
+    assert "balloon:    deflate-on-oom off, free-page-reporting on" in text
+    table = ctl.format_status({"summary": {}, "guests": [guest, {**guest, "name": "db"}]})
+    assert "deflate-on-oom off: web, db" in table
+    unknown = ctl.format_guest({"name": "old", "state": "active"})  # an older QEMU: no line
+    assert "balloon:" not in unknown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -225,3 +226,53 @@ async def test_an_expired_hold_is_saved_and_not_published(tmp_path: Path) -> Non
     assert heard, "no balloon change was heard"
     assert all(isinstance(change, BalloonChange) for change in heard)
     assert any(change.record["reason"] == "manual" for change in heard)  # type: ignore[attr-defined]
+
+
+async def test_balloon_features_show_in_status_and_metrics_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="balloond")
+    sock_dir = tmp_path / "socks"
+    sock_dir.mkdir()
+    specs = [
+        SimGuestSpec("exposed", GUEST_RAM),
+        SimGuestSpec("safe", GUEST_RAM, deflate_on_oom=True, free_page_reporting=True),
+    ]
+    async with (
+        SimFleet(dir=sock_dir, guests=specs) as fleet,
+        running(fleet_config(tmp_path, sock_dir)) as daemon,
+    ):
+        exposed, safe = daemon.guests["exposed"], daemon.guests["safe"]
+        assert await until(lambda: exposed.link.state is LinkState.ACTIVE)
+        assert await until(lambda: safe.link.state is LinkState.ACTIVE)
+
+        # A reconnect (QEMU restarted) reads the features again but does not warn again.
+        def connects() -> int:
+            return sum(
+                1
+                for r in caplog.records
+                if r.name == "balloond.guest.exposed" and "-> probing" in r.getMessage()
+            )
+
+        assert connects() == 1
+        await fleet.guest("exposed").kill(sig="SIGKILL")  # the socket file stays: same guest
+        await fleet.guest("exposed").start()
+        assert await until(lambda: connects() == 2), "no reconnect"
+        assert await until(lambda: exposed.link.state is LinkState.ACTIVE)
+        assert daemon.guests["exposed"] is exposed
+        status = {g["name"]: g for g in daemon.status()["guests"]}
+        assert (status["exposed"]["deflate_on_oom"], status["exposed"]["free_page_reporting"]) == (
+            False,
+            False,
+        )
+        assert (status["safe"]["deflate_on_oom"], status["safe"]["free_page_reporting"]) == (
+            True,
+            True,
+        )
+        text = generate_latest(make_registry(daemon)).decode()
+        assert (
+            'balloond_guest_balloon_feature{feature="deflate-on-oom",guest="exposed"} 0.0' in text
+        )
+        assert 'balloond_guest_balloon_feature{feature="deflate-on-oom",guest="safe"} 1.0' in text
+    warnings = [r for r in caplog.records if "deflate-on-oom is off" in r.getMessage()]
+    assert [r.name for r in warnings] == ["balloond.guest.exposed"]

@@ -106,6 +106,8 @@ def qmp_qom_get(guest: SimGuest, session: Session, args: dict[str, Any]) -> Any:
             return guest.model.polling_interval_s
         if prop == "deflate-on-oom":
             return guest.params.deflate_on_oom
+        if prop == "free-page-reporting":
+            return guest.spec.free_page_reporting
         if prop == "realized":
             return True
     raise QMPError(f"Property '{obj.type_name}.{prop}' is not simulated")

@@ -73,6 +73,8 @@ class SimGuestSpec:
     trace: Trace | None = None
     _: KW_ONLY
     deflate_on_oom: bool = False
+    #: The device property only (the model does not simulate reported pages).
+    free_page_reporting: bool = False
     driver: bool = True
     driver_load_s: float = 0.0
     balloon: bool = True
