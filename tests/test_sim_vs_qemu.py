@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -150,7 +149,7 @@ def _requests(anon: bool) -> list[str]:
 
 async def _converse(path: Path, requests: list[str]) -> list[bytes]:
     """Send each request and read as many replies as it holds JSON values (events too)."""
-    for _ in range(100):
+    for _ in range(1200):  # 60 s: a QEMU starting on a busy machine is slow
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
             break
@@ -186,14 +185,31 @@ async def _converse(path: Path, requests: list[str]) -> list[bytes]:
 
 
 async def _qemu(directory: Path, device: str | None, requests: list[str]) -> list[bytes]:
+    """The transcript of a real QEMU. A connection QEMU resets (seen once on a machine kept
+    busy by stress-ng) is a transport failure, not a reply: a fresh QEMU gets one more try,
+    and its stderr is in the error if that fails too."""
+    try:
+        return await _qemu_once(directory, device, requests)
+    except ConnectionResetError:
+        return await _qemu_once(directory, device, requests)
+
+
+async def _qemu_once(directory: Path, device: str | None, requests: list[str]) -> list[bytes]:
     assert QEMU is not None
     path = directory / "qemu.sock"
+    path.unlink(missing_ok=True)
     args = [QEMU, "-accel", "tcg", "-m", "512", "-nodefaults", "-display", "none"]
     args += ["-qmp", f"unix:{path},server=on,wait=off"]
     args += ["-device", device] if device else []
-    proc = await asyncio.create_subprocess_exec(*args, stderr=subprocess.DEVNULL)
+    stderr = directory / "qemu.stderr"
+    with stderr.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(*args, stderr=err)
     try:
         return await _converse(path, requests)
+    except ConnectionResetError as exc:
+        raise ConnectionResetError(
+            f"QEMU reset the connection; its stderr: {stderr.read_text()!r}"
+        ) from exc
     finally:
         if proc.returncode is None:
             proc.kill()
