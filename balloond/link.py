@@ -30,7 +30,6 @@ import contextlib
 import enum
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from balloond.errors import (
     QMPCommandError,
 )
 from balloond.stats import BalloonStats
+from balloond.tasks import backoff_s, sleep_unless
 
 __all__ = ["GuestEvent", "GuestLink", "LinkState", "silence_qmp_library_logs"]
 
@@ -256,7 +256,6 @@ class GuestLink:
 
         Returns True once connected, False if ``stop`` was set first.
         """
-        backoff = initial_backoff_s
         attempt = 0
         while not stop.is_set():
             attempt += 1
@@ -268,11 +267,8 @@ class GuestLink:
                 # must not fill the journal.
                 if attempt == 1 or attempt % 10 == 0:
                     self.log.info("connect attempt %d failed: %s", attempt, exc)
-            delay = random.uniform(backoff / 2, backoff)
-            backoff = min(backoff * 2, max_backoff_s)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
+            delay = backoff_s(attempt - 1, initial_s=initial_backoff_s, cap_s=max_backoff_s)
+            await sleep_unless(stop, delay)
         return False
 
     async def close(self) -> None:

@@ -112,13 +112,6 @@ class Supervisor:
         #: Tasks that failed at least once, by name (guests' tasks only appear on failure).
         self.failed: dict[str, TaskFailure] = {}
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    @property
-    def tasks(self) -> frozenset[asyncio.Task[None]]:
-        return frozenset(self._tasks)
-
     def start(
         self,
         name: str,
