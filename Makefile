@@ -48,15 +48,18 @@ $(STAMPS)/venv: pyproject.toml | $(STAMPS)/system
 	@echo "==> creating $(VENV) and installing balloond with its dev tools"
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@# The test kit (testkit/: the lab, the QMP simulator, the demo) is not in the wheel;
+	@# for development the checkout goes on the venv's path, so that it imports anywhere.
+	@$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "balloond-testkit.pth").write_text("$(CURDIR)\n")'
 	@mkdir -p $(STAMPS) && touch $@
 
 # --- lab guest image (kernel + busybox initramfs + memhog), cached by its inputs --------
 image: venv
-	@$(PY) -m balloond.lab build
+	@$(PY) -m testkit.lab build
 
 # --- the two commands ------------------------------------------------------------------
 demo: image
-	$(VENV)/bin/balloond demo --duration $(DURATION)
+	$(PY) -m testkit.demo --duration $(DURATION)
 
 test: image
 	@$(PY) -m pytest -q -p no:cacheprovider -m "not soak" $(PYTEST_ARGS)
@@ -74,8 +77,8 @@ soak: image
 	@$(PY) -m pytest -q -p no:cacheprovider -s -m soak tests/test_soak.py --soak-minutes $(MINUTES) $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check balloond tests benchmarks
-	$(VENV)/bin/ruff format --check balloond tests benchmarks
+	$(VENV)/bin/ruff check balloond testkit tests benchmarks
+	$(VENV)/bin/ruff format --check balloond testkit tests benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

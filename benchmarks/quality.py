@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from balloond.config import Config, load_config
+from balloond.core.units import GiB
 from balloond.replay import (
     GuestSpec,
     RunResult,
@@ -36,11 +36,11 @@ from balloond.replay import (
     compare,
     overcommitted_host,
     standard_controllers,
+    traces,
 )
 from balloond.replay.report import DEFINITIONS, best_baseline, markdown_table, targets, write_chart
-from balloond.sim import traces
-from balloond.sim.traces import Trace
-from balloond.units import GiB
+from balloond.replay.traces import Trace
+from balloond.runtime.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "balloond.toml"

@@ -274,7 +274,7 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
             config = write_config(work, sockets, port)
             started = time.monotonic()
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "balloond.cli", "run", "--config", str(config)],
+                [sys.executable, "-m", "balloond", "run", "--config", str(config)],
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

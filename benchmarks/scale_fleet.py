@@ -2,7 +2,7 @@
 
 It runs in a process of its own (``python -m benchmarks.scale_fleet DIR N WORKLOAD``), so
 the simulator's CPU never counts against the daemon's. It serves N simulated QEMU guests
-(:class:`~balloond.sim.SimFleet`, one QMP unix socket each) whose workloads breathe, so the
+(:class:`~testkit.sim.SimFleet`, one QMP unix socket each) whose workloads breathe, so the
 daemon has balloons to move all the time (WORKLOAD ``breathing``; ``idle`` guests sit
 still), and it times the daemon from the guests' side, on one clock: per guest, when it
 answered a ``guest-stats`` read, and when a ``balloon`` command arrived. Their difference
@@ -34,11 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from balloond.sim import SimFleet, SimGuestSpec, Trace
-from balloond.sim import commands as sim_commands
-from balloond.sim.qmp_server import SimGuest
-from balloond.sim.traces import diurnal, idle
-from balloond.units import GiB
+from balloond.core.units import GiB
+from balloond.replay.traces import diurnal, idle
+from testkit.sim import SimFleet, SimGuestSpec, Trace
+from testkit.sim import commands as sim_commands
+from testkit.sim.qmp_server import SimGuest
 
 #: Every simulated guest's RAM.
 RAM_BYTES = 1 * GiB

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from balloond.lab import LabGuest, LabImage, build_image
+from testkit.lab import LabGuest, LabImage, build_image
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from balloond.config import Config
-from balloond.daemon import Daemon
+from balloond.runtime.config import Config
+from balloond.service.daemon import Daemon
 
 #: How long a test waits for something a running daemon does. Generous: a busy two-core
 #: machine running TCG guests is slow, and this is a deadline, not an expectation.

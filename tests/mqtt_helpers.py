@@ -21,7 +21,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from balloond.commands import MAX_REQUEST_BYTES
+from balloond.core.ops import MAX_REQUEST_BYTES
 
 PREFIX = "test/balloond"
 #: Generous bounds on waits for things that do happen; a test fails, not hangs, if not.

@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from balloond.audit import AuditLog
+from balloond.adapters.audit_log import AuditLog
 
 
 def test_lines_go_out_in_order_and_close_waits_for_them(tmp_path: Path) -> None:

@@ -6,17 +6,17 @@ import functools
 import itertools
 from collections import Counter
 
-from balloond.audit import AuditLog
-from balloond.config import parse_config
-from balloond.controller import GuestController, Timing
-from balloond.link import LinkState
-from balloond.policy import Reason
-from balloond.policy.books import GuestBooks
+from balloond.adapters.audit_log import AuditLog
+from balloond.core.link import LinkState
+from balloond.core.policy import Reason
+from balloond.core.policy.books import GuestBooks
+from balloond.core.stats import BalloonStats, GuestSample, HostSnapshot
+from balloond.core.units import GiB, MiB
 from balloond.replay import EngineController
-from balloond.sim.model import GuestModel, GuestParams
-from balloond.sim.traces import Trace
-from balloond.stats import BalloonStats, GuestSample, HostSnapshot
-from balloond.units import GiB, MiB
+from balloond.replay.model import GuestModel, GuestParams
+from balloond.replay.traces import Trace
+from balloond.runtime.config import parse_config
+from balloond.service.guest import GuestController, Timing
 
 RAM = 2 * GiB
 ROOMY_HOST = HostSnapshot(total_bytes=64 * GiB, available_bytes=60 * GiB)

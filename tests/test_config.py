@@ -14,7 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from balloond.config import (
+from balloond.core.errors import ConfigError
+from balloond.core.policy import Reclaim
+from balloond.core.units import GiB, MiB, parse_percent, parse_size
+from balloond.runtime.config import (
     Amount,
     Config,
     DaemonConfig,
@@ -27,9 +30,6 @@ from balloond.config import (
     parse_config,
     valid_guest_name,
 )
-from balloond.errors import ConfigError
-from balloond.policy import Reclaim
-from balloond.units import GiB, MiB, parse_percent, parse_size
 
 REFERENCE = Path(__file__).resolve().parent.parent / "config" / "balloond.toml"
 

@@ -1,10 +1,10 @@
 """Conformance: the simulator and real QEMU answer balloond's QMP the same way.
 
-The simulator (:mod:`balloond.sim`) stands in for QEMU wherever real guests are too slow or
+The simulator (:mod:`testkit.sim`) stands in for QEMU wherever real guests are too slow or
 too few: the scale benchmark drives thousands of them. That is only worth something while
 it behaves like the real thing, so every test here runs twice, once against a real lab guest
 (QEMU with the Linux virtio_balloon driver; marked ``lab``) and once against a simulated
-guest, through balloond's own :class:`~balloond.link.GuestLink` (and raw qemu.qmp where the
+guest, through balloond's own :class:`~balloond.adapters.qmp.QmpLink` (and raw qemu.qmp where the
 link hides the wire). A test that passes on ``lab`` and fails on ``sim`` is a simulator bug.
 
 Each test starts the guests it needs. A lab guest boots only where the guest's driver must
@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from balloond.errors import NoBalloonError, QMPCommandError
-from balloond.lab import LabGuest, LabImage
-from balloond.link import GuestLink, LinkState
-from balloond.sim import SimFleet, SimGuestSpec
-from balloond.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
-from balloond.units import MiB
+from balloond.adapters.qmp import QmpLink
+from balloond.core.errors import NoBalloonError, QMPCommandError
+from balloond.core.link import LinkState
+from balloond.core.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
+from balloond.core.units import MiB
+from testkit.lab import LabGuest, LabImage
+from testkit.sim import SimFleet, SimGuestSpec
 
 T = TypeVar("T")
 
@@ -151,10 +152,10 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 # --- helpers ---------------------------------------------------------------------------
 
 
-async def linked(backend: Backend, kind: GuestKind, **link_options: Any) -> GuestLink:
-    """A guest of ``kind`` and a GuestLink connected to it (the caller closes the link)."""
+async def linked(backend: Backend, kind: GuestKind, **link_options: Any) -> QmpLink:
+    """A guest of ``kind`` and a QmpLink connected to it (the caller closes the link)."""
     path = await backend.guest("guest", kind)
-    link = GuestLink("guest", path, **link_options)
+    link = QmpLink("guest", path, **link_options)
     await link.connect(timeout_s=TIMEOUT_S)
     return link
 
@@ -170,13 +171,13 @@ async def until(check: Callable[[], Awaitable[T]], *, deadline_s: float) -> T:
         await asyncio.sleep(0.1)
 
 
-async def qmp_error(link: GuestLink, cmd: str, args: dict[str, Any] | None) -> QMPCommandError:
+async def qmp_error(link: QmpLink, cmd: str, args: dict[str, Any] | None) -> QMPCommandError:
     with pytest.raises(QMPCommandError) as info:
         await link.execute(cmd, args, timeout_s=TIMEOUT_S)
     return info.value
 
 
-async def raw_stats(link: GuestLink) -> dict[str, Any]:
+async def raw_stats(link: QmpLink) -> dict[str, Any]:
     assert link.balloon_path is not None
     args = {"path": link.balloon_path, "property": "guest-stats"}
     reply = await link.execute("qom-get", args, timeout_s=TIMEOUT_S)
@@ -206,7 +207,7 @@ async def test_greeting_capabilities_and_connect(backend: Backend) -> None:
     finally:
         await qmp.disconnect()
 
-    link = GuestLink("guest", path)
+    link = QmpLink("guest", path)
     try:
         await link.connect(timeout_s=TIMEOUT_S)
         assert link.state is LinkState.PROBING

@@ -35,6 +35,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
 def tree(tmp_path: Path) -> Path:
     """A copy of the package and its contracts, to break on purpose."""
     shutil.copytree(ROOT / "balloond", tmp_path / "balloond")
+    shutil.copytree(ROOT / "testkit", tmp_path / "testkit")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -48,10 +49,15 @@ def test_the_contracts_hold(tree: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [
-        ("policy/engine.py", "import asyncio", "The policy core is pure"),
-        ("controller.py", "import qemu.qmp", "Only the QMP adapter"),
-        ("daemon.py", "import aiomqtt", "Only the MQTT adapter"),
-        ("ctl.py", "import balloond.controller", "balloonctl starts light"),
+        ("core/policy/engine.py", "import asyncio", "The core is pure"),
+        ("core/units.py", "import balloond.adapters.qmp", "Layers import downward only"),
+        ("adapters/metrics.py", "import balloond.service.daemon", "Layers import downward only"),
+        ("service/guest.py", "import qemu.qmp", "Only the QMP adapter"),
+        ("service/daemon.py", "import aiomqtt", "Only the MQTT adapter"),
+        ("programs/balloonctl.py", "import balloond.runtime.config", "balloonctl starts light"),
+        ("replay/engine.py", "import balloond.adapters.procfs", "The offline replay reaches"),
+        ("programs/simulate.py", "import testkit.sim", "The product ships no test kit"),
+        ("service/state.py", "import balloond.service.daemon", "No import cycles"),
     ],
 )
 def test_a_breach_fails_lint(tree: Path, module: str, line: str, contract: str) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from balloond import ctl
-from balloond.commands import MAX_REQUEST_BYTES
-from balloond.config import parse_config
-from balloond.control import ControlAdapter, ControlSocketError, bind_control_socket
-from balloond.daemon import Daemon
+from balloond.adapters.control_socket import ControlAdapter, ControlSocketError, bind_control_socket
+from balloond.core.ops import MAX_REQUEST_BYTES
+from balloond.programs import balloonctl as ctl
+from balloond.runtime.config import parse_config
+from balloond.service.daemon import Daemon
 
 
 def _daemon(tmp_path: Path) -> Daemon:
@@ -317,9 +317,9 @@ async def test_a_deeply_nested_request_gets_one_error_reply(control: ControlAdap
 
 def test_balloonctl_loads_neither_qemu_qmp_nor_the_controller() -> None:
     """balloonctl starts fast: it parses sizes and durations without the daemon's code."""
-    heavy = ("qemu", "pydantic", "balloond.controller", "balloond.commands", "aiomqtt")
+    heavy = ("qemu", "pydantic", "balloond.service.guest", "balloond.service.commands", "aiomqtt")
     code = (
-        "import sys, balloond.ctl; "
+        "import sys, balloond.programs.balloonctl; "
         f"print([m for m in sys.modules if m.split('.')[0] in {heavy!r} or m in {heavy!r}])"
     )
     out = subprocess.run(

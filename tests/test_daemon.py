@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from daemon_helpers import WAIT_S, running, until
 
-from balloond.commands import Commands
-from balloond.config import Config, parse_config
-from balloond.lab import LabGuest
-from balloond.link import GuestLink, LinkState
-from balloond.policy import Reason
-from balloond.units import MiB
+from balloond.adapters.qmp import QmpLink
+from balloond.core.link import LinkState
+from balloond.core.policy import Reason
+from balloond.core.units import MiB
+from balloond.runtime.config import Config, parse_config
+from balloond.service.commands import Commands
+from testkit.lab import LabGuest
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]
 QMP_TIMEOUT_S = 5.0
@@ -43,7 +44,7 @@ def make_config(tmp_path: Path, guests: list[LabGuest], **daemon: Any) -> Config
 
 
 async def actual_of(guest: LabGuest) -> int:
-    link = GuestLink(guest.name, guest.qmp_socket)
+    link = QmpLink(guest.name, guest.qmp_socket)
     await link.connect(timeout_s=QMP_TIMEOUT_S)
     try:
         return await link.query_actual(timeout_s=QMP_TIMEOUT_S)
@@ -52,7 +53,7 @@ async def actual_of(guest: LabGuest) -> int:
 
 
 async def set_size(guest: LabGuest, size: int) -> None:
-    link = GuestLink(guest.name, guest.qmp_socket)
+    link = QmpLink(guest.name, guest.qmp_socket)
     await link.connect(timeout_s=QMP_TIMEOUT_S)
     try:
         await link.set_target(size, timeout_s=QMP_TIMEOUT_S)
@@ -190,7 +191,7 @@ async def test_guest_without_driver_is_listed_and_left_alone(
 
 def _balloond(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "balloond.cli", *args],
+        [sys.executable, "-m", "balloond", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -240,7 +241,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "balloond.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "balloond.cli", "run", "--config", str(config)], stderr=out
+            [sys.executable, "-m", "balloond", "run", "--config", str(config)], stderr=out
         )
     try:
         # SIGTERM once it says it is starting: its signal handlers are in place by then.

@@ -14,18 +14,19 @@ import pytest
 from daemon_helpers import WAIT_S, running, until
 from prometheus_client import generate_latest
 
-from balloond.commands import Commands
-from balloond.config import Config, StaticGuest, parse_config
-from balloond.controller import Mode
-from balloond.events import BalloonChange
-from balloond.link import EVENT_QUEUE_LEN, GuestLink, LinkState
-from balloond.metrics import make_registry
-from balloond.notify import status_line
-from balloond.policy import Reason
-from balloond.sim.fleet import SimFleet
-from balloond.sim.qmp_server import SimGuestSpec
-from balloond.stats import HostSnapshot
-from balloond.units import GiB
+from balloond.adapters.metrics import make_registry
+from balloond.adapters.qmp import EVENT_QUEUE_LEN, QmpLink
+from balloond.adapters.systemd import status_line
+from balloond.core.events import BalloonChange
+from balloond.core.link import LinkState
+from balloond.core.policy import Reason
+from balloond.core.stats import HostSnapshot
+from balloond.core.units import GiB
+from balloond.runtime.config import Config, StaticGuest, parse_config
+from balloond.service.commands import Commands
+from balloond.service.guest import Mode
+from testkit.sim.fleet import SimFleet
+from testkit.sim.qmp_server import SimGuestSpec
 
 GUEST_RAM = 1 * GiB
 
@@ -98,7 +99,7 @@ async def test_one_hung_guest_never_stalls_the_others(tmp_path: Path) -> None:
 async def test_event_memory_stays_bounded(tmp_path: Path) -> None:
     """qemu.qmp's own listeners keep every event forever; the link must not."""
     async with SimFleet(dir=tmp_path, guests=[SimGuestSpec("vm", GUEST_RAM)]) as fleet:
-        link = GuestLink("vm", fleet.socket_path("vm"))
+        link = QmpLink("vm", fleet.socket_path("vm"))
         await link.connect(timeout_s=2)
         try:
             guest = fleet.guest("vm")
@@ -212,7 +213,7 @@ async def test_an_expired_hold_is_saved_and_not_published(tmp_path: Path) -> Non
         SimFleet(dir=sock_dir, guests=[SimGuestSpec("vm", GUEST_RAM)]),
         running(fleet_config(tmp_path, sock_dir)) as daemon,
     ):
-        daemon.listeners.append(lambda _ctrl, change: heard.append(change))
+        daemon.subscribe(lambda _guest, change: heard.append(change))
         ctrl = daemon.guests["vm"]
         assert await until(lambda: ctrl.link.state is LinkState.ACTIVE)
         reply = await Commands(daemon).handle(

@@ -1,4 +1,4 @@
-"""`balloond demo` (what `make demo` runs): it ends by itself, or on Ctrl-C, cleanly."""
+"""`python -m testkit.demo` (what `make demo` runs): it ends by itself, or on Ctrl-C, cleanly."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _qemus_under(root: Path) -> list[int]:
 
 def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "balloond.cli", "demo", *args],
+        [sys.executable, "-m", "testkit.demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

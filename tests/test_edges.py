@@ -10,12 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balloond.discovery import discover, name_from_path
-from balloond.errors import DisconnectedError
-from balloond.host import parse_meminfo, parse_psi_some_avg10, read_host
-from balloond.link import GuestLink, LinkState
-from balloond.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
-from balloond.units import GiB, MiB, fmt_size, parse_percent, parse_size
+from balloond.adapters.discovery import discover, name_from_path
+from balloond.adapters.procfs import parse_meminfo, parse_psi_some_avg10, read_host
+from balloond.adapters.qmp import QmpLink
+from balloond.core.errors import DisconnectedError
+from balloond.core.link import LinkState
+from balloond.core.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
+from balloond.core.units import GiB, MiB, fmt_size, parse_percent, parse_size
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ def test_discover_static_and_globs(tmp_path: Path) -> None:
 def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
     import resource
 
-    from balloond.service import raise_open_file_limit
+    from balloond.service.serve import raise_open_file_limit
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
@@ -157,7 +158,7 @@ def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
 
 
 async def test_nothing_listening_is_a_clear_disconnect(tmp_path: Path) -> None:
-    link = GuestLink("ghost", tmp_path / "absent.qmp")
+    link = QmpLink("ghost", tmp_path / "absent.qmp")
     with pytest.raises(DisconnectedError, match="cannot connect"):
         await link.connect(timeout_s=1.0)
     assert link.state is LinkState.DISCONNECTED

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balloond.config import Policy
-from balloond.policy import (
+from balloond.core.policy import (
     Decision,
     GuestView,
     Reason,
@@ -23,9 +22,10 @@ from balloond.policy import (
     observe,
     plan_host,
 )
-from balloond.policy.observe import Observation
-from balloond.stats import BalloonStats, GuestSample, HostSnapshot
-from balloond.units import GiB, MiB
+from balloond.core.policy.observe import Observation
+from balloond.core.stats import BalloonStats, GuestSample, HostSnapshot
+from balloond.core.units import GiB, MiB
+from balloond.runtime.config import Policy
 
 BOOT = 1 * GiB
 POLL_S = 1.0

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from qemu.qmp import QMPClient
 
-from balloond.lab import LabGuest, LabImage
-from balloond.lab.qemu import QemuConfig, qemu_argv
-from balloond.units import MiB
+from balloond.core.units import MiB
+from testkit.lab import LabGuest, LabImage
+from testkit.lab.qemu import QemuConfig, qemu_argv
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]  # the make_guest fixture
 

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from balloond.errors import DisconnectedError, LinkTimeoutError
-from balloond.lab import LabGuest
-from balloond.link import GuestLink, LinkState
-from balloond.stats import BalloonStats
-from balloond.units import MiB
+from balloond.adapters.qmp import QmpLink
+from balloond.core.errors import DisconnectedError, LinkTimeoutError
+from balloond.core.link import LinkState
+from balloond.core.stats import BalloonStats
+from balloond.core.units import MiB
+from testkit.lab import LabGuest
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]
 
@@ -25,8 +26,8 @@ TIMEOUT_S = 5.0
 WAIT_S = 60.0
 
 
-async def _connected(guest: LabGuest, **kwargs: float) -> GuestLink:
-    link = GuestLink(guest.name, guest.qmp_socket, **kwargs)
+async def _connected(guest: LabGuest, **kwargs: float) -> QmpLink:
+    link = QmpLink(guest.name, guest.qmp_socket, **kwargs)
     await link.connect(timeout_s=TIMEOUT_S)
     return link
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from balloond.config import parse_config, parse_host_port
-from balloond.daemon import Daemon
-from balloond.errors import ConfigError
-from balloond.metrics import MetricsAdapter
+from balloond.adapters.metrics import MetricsAdapter
+from balloond.core.errors import ConfigError
+from balloond.runtime.config import parse_config, parse_host_port
+from balloond.service.daemon import Daemon
 
 
 @pytest.fixture

@@ -41,13 +41,7 @@ from mqtt_helpers import payload as _payload
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from balloond.commands import Commands
-from balloond.config import MQTT_OPS, MqttConfig, load_config, parse_config
-from balloond.daemon import Daemon
-from balloond.errors import ConfigError
-from balloond.events import BalloonChange
-from balloond.lab import LabGuest
-from balloond.mqtt import (
+from balloond.adapters.mqtt import (
     BrokerState,
     MqttAdapter,
     Outbox,
@@ -58,9 +52,15 @@ from balloond.mqtt import (
     topic_segment,
     usable_reply_topic,
 )
-from balloond.ops import OPS
-from balloond.tasks import cancel_and_wait
-from balloond.units import MiB
+from balloond.core.errors import ConfigError
+from balloond.core.events import BalloonChange
+from balloond.core.ops import OPS
+from balloond.core.units import MiB
+from balloond.runtime.aio import cancel_and_wait
+from balloond.runtime.config import MQTT_OPS, MqttConfig, load_config, parse_config
+from balloond.service.commands import Commands
+from balloond.service.daemon import Daemon
+from testkit.lab import LabGuest
 
 GuestFactory = Callable[..., Awaitable[LabGuest]]  # the make_guest fixture
 
@@ -414,8 +414,7 @@ async def test_a_hung_broker_never_holds_up_the_daemon_and_its_queue_stays_bound
             # and the queue keeps only the newest records.
             ctrl = SimpleNamespace(name="web")
             for n in range(1000):
-                for listener in daemon.listeners:
-                    listener(ctrl, BalloonChange("web", {"n": n}))  # type: ignore[arg-type]
+                daemon._notify(ctrl, BalloonChange("web", {"n": n}))  # type: ignore[arg-type]
             assert len(adapter.outbox.events) <= 50
             assert adapter.outbox.dropped_events >= 950
             # The adapter notices (a publish times out), and its next connects time out
@@ -582,7 +581,7 @@ async def test_kill_9_leaves_offline_from_the_will(broker: Broker, tmp_path: Pat
         await peer.subscribe(f"{PREFIX}/status")
         with log.open("wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "balloond.cli", "run", "--config", str(path),
+                sys.executable, "-m", "balloond", "run", "--config", str(path),
                 stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip
         try:

@@ -6,24 +6,24 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from balloond.daemon import Daemon
-from balloond.logs import stderr_is_journal
-from balloond.notify import (
+from balloond.adapters.port import DaemonPort
+from balloond.adapters.systemd import (
     Notifier,
     NotifyAdapter,
     notify_address,
     status_line,
     watchdog_interval_s,
 )
-from balloond.tasks import Supervisor, TaskFailure
-from balloond.units import GiB
+from balloond.core.units import GiB
+from balloond.programs.logs import stderr_is_journal
+from balloond.service.supervisor import TaskFailure
 
 
 class Listener:
@@ -115,32 +115,52 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
     assert watchdog_interval_s({"WATCHDOG_USEC": "x"}) is None
 
 
-def _fake_daemon(**summary: Any) -> Any:
-    """The few Daemon attributes the adapter reads, without guests or a config file."""
-    counts = {"guests": 2, "active": 2, "reclaimed_bytes": 3 * GiB // 2, "under_pressure": 1}
-    counts.update(summary)
-    return SimpleNamespace(
-        summary=lambda: counts,
-        dry_run=False,
-        reload_error=None,
-        ready=asyncio.Event(),
-        reload_hooks=[],
-        cycles=0,
-        config=SimpleNamespace(daemon=SimpleNamespace(poll_interval_s=0.1)),
-        supervisor=Supervisor(asyncio.Event()),
-    )
+class FakeDaemon:
+    """What the adapter may use of the daemon (its part of DaemonPort), without guests or a
+    config file: the narrow interface makes the stand-in this small."""
+
+    def __init__(self, **summary: Any) -> None:
+        self.counts = {
+            "guests": 2,
+            "active": 2,
+            "reclaimed_bytes": 3 * GiB // 2,
+            "under_pressure": 1,
+        }
+        self.counts.update(summary)
+        self.dry_run = False
+        self.reload_error: str | None = None
+        self.cycles = 0
+        self.config = SimpleNamespace(daemon=SimpleNamespace(poll_interval_s=0.1))
+        self.failed: list[TaskFailure] = []
+        self.ready = asyncio.Event()
+        self.reload_hooks: list[Callable[[bool], None]] = []
+
+    def summary(self) -> dict[str, int]:
+        return self.counts
+
+    def task_failures(self) -> list[TaskFailure]:
+        return self.failed
+
+    def on_reload(self, hook: Callable[[bool], None]) -> None:
+        self.reload_hooks.append(hook)
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
+
+
+def _fake_daemon(**summary: Any) -> FakeDaemon:
+    return FakeDaemon(**summary)
 
 
 def test_status_line() -> None:
     fake = _fake_daemon()
-    assert status_line(cast(Daemon, fake)) == (
+    assert status_line(cast(DaemonPort, fake)) == (
         "2 guests (2 active), 1.5GiB reclaimed, 1 under pressure"
     )
     fake.reload_error = "policy.x: bad"
-    assert status_line(cast(Daemon, fake)).endswith("last reload refused: policy.x: bad")
-    failure = fake.supervisor.failed.setdefault("host-planner", TaskFailure("host-planner"))
-    failure.failures, failure.last_error = 2, "KeyError: 'MemAvailable'"
-    assert status_line(cast(Daemon, fake)).endswith(
+    assert status_line(cast(DaemonPort, fake)).endswith("last reload refused: policy.x: bad")
+    fake.failed.append(TaskFailure("host-planner", 2, "KeyError: 'MemAvailable'"))
+    assert status_line(cast(DaemonPort, fake)).endswith(
         "2 task failure(s), latest host-planner: KeyError: 'MemAvailable'"
     )
 
@@ -176,7 +196,9 @@ async def test_stopping_reaches_a_slow_systemd(path_listener: tuple[str, Listene
     address, listener = path_listener
     fake = _fake_daemon()
     fake.ready.set()
-    adapter = NotifyAdapter(cast(Daemon, fake), notifier=Notifier(address), status_interval_s=60)
+    adapter = NotifyAdapter(
+        cast(DaemonPort, fake), notifier=Notifier(address), status_interval_s=60
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(adapter.run(stop), name="notify-under-test")
     try:
@@ -198,7 +220,7 @@ async def test_stopping_reaches_a_slow_systemd(path_listener: tuple[str, Listene
 def test_watchdog_is_withheld_while_the_loop_stalls(path_listener: tuple[str, Listener]) -> None:
     address, listener = path_listener
     fake = _fake_daemon()  # poll_interval_s 0.1: the grace is max(watchdog, 3 polls) = 1 s
-    adapter = NotifyAdapter(cast(Daemon, fake), notifier=Notifier(address), watchdog_s=1.0)
+    adapter = NotifyAdapter(cast(DaemonPort, fake), notifier=Notifier(address), watchdog_s=1.0)
     fake.cycles = 1
     assert adapter.watchdog_tick(100.0)
     assert adapter.watchdog_tick(100.9)  # no new cycle yet, but within the grace
@@ -215,7 +237,7 @@ async def test_lifecycle_messages(path_listener: tuple[str, Listener]) -> None:
     address, listener = path_listener
     fake = _fake_daemon()
     adapter = NotifyAdapter(
-        cast(Daemon, fake), notifier=Notifier(address), watchdog_s=0.05, status_interval_s=0.05
+        cast(DaemonPort, fake), notifier=Notifier(address), watchdog_s=0.05, status_interval_s=0.05
     )
     stop = asyncio.Event()
     task = asyncio.create_task(adapter.run(stop), name="notify-under-test")
@@ -243,7 +265,7 @@ async def test_lifecycle_messages(path_listener: tuple[str, Listener]) -> None:
 
 
 async def test_no_socket_means_the_adapter_just_returns() -> None:
-    adapter = NotifyAdapter(cast(Daemon, _fake_daemon()), notifier=Notifier(env={}))
+    adapter = NotifyAdapter(cast(DaemonPort, _fake_daemon()), notifier=Notifier(env={}))
     await asyncio.wait_for(adapter.run(asyncio.Event()), 10)
 
 

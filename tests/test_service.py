@@ -24,9 +24,9 @@ import pytest
 from daemon_helpers import SCRIPTS, Balloond
 from prometheus_client.parser import text_string_to_metric_families
 
-from balloond import ctl
-from balloond.lab import LabGuest
-from balloond.units import MiB
+from balloond.core.units import MiB
+from balloond.programs import balloonctl as ctl
+from testkit.lab import LabGuest
 
 pytestmark = pytest.mark.lab
 

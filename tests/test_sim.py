@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from balloond.sim import GuestState, SimFleet, SimGuestSpec, Trace
-from balloond.stats import QMP_NOT_REPORTED, BalloonStats
-from balloond.units import GiB, MiB
+from balloond.core.stats import QMP_NOT_REPORTED, BalloonStats
+from balloond.core.units import GiB, MiB
+from testkit.sim import GuestState, SimFleet, SimGuestSpec, Trace
 
 T = TypeVar("T")
 BALLOON = "/machine/peripheral/balloon0"
@@ -587,9 +587,9 @@ def test_guest_states_follow_its_life(sockdir: Path, caplog: pytest.LogCaptureFi
             await guest.kill()
             await guest.restart()
 
-    with caplog.at_level(logging.DEBUG, logger="balloond.sim.guest.g"):
+    with caplog.at_level(logging.DEBUG, logger="testkit.sim.guest.g"):
         run(main())
-    assert [r.getMessage() for r in caplog.records if r.name == "balloond.sim.guest.g"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "testkit.sim.guest.g"] == [
         "off -> running",
         "running -> stopped",
         "stopped -> running",

@@ -1,4 +1,4 @@
-"""``python -m balloond.sim`` serves a fleet until SIGTERM and cleans up after itself."""
+"""``python -m testkit.sim`` serves a fleet until SIGTERM and cleans up after itself."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from balloond.sim.__main__ import build_specs, parse_args
+from testkit.sim.__main__ import build_specs, parse_args
 
 
 def test_cli_serves_sockets_until_sigterm() -> None:
     with tempfile.TemporaryDirectory(prefix="simcli", dir="/tmp") as d:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "balloond.sim", "--dir", d, "--guests", "3", "--ram", "512MiB"],
+            [sys.executable, "-m", "testkit.sim", "--dir", d, "--guests", "3", "--ram", "512MiB"],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from balloond.sim.model import DEFAULT_WALL_OFFSET_S, PAGE_BYTES, GuestModel, GuestParams
-from balloond.sim.traces import Trace, cache_heavy, idle, ramp
-from balloond.units import GiB, MiB
+from balloond.core.units import GiB, MiB
+from balloond.replay.model import DEFAULT_WALL_OFFSET_S, PAGE_BYTES, GuestModel, GuestParams
+from balloond.replay.traces import Trace, cache_heavy, idle, ramp
 
 RAM = 1 * GiB
 

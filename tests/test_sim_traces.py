@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from balloond.sim.traces import EXAMPLES_DIR, FORMAT, GENERATORS, Trace, bursty, by_name
-from balloond.units import GiB, MiB
+from balloond.core.units import GiB, MiB
+from balloond.replay.traces import EXAMPLES_DIR, FORMAT, GENERATORS, Trace, bursty, by_name
 
 
 def tri() -> Trace:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from balloond.sim import SimFleet, SimGuestSpec
-from balloond.sim.wire import JsonStreamSplitter
-from balloond.units import MiB
+from balloond.core.units import MiB
+from testkit.sim import SimFleet, SimGuestSpec
+from testkit.sim.wire import JsonStreamSplitter
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = [

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from balloond.sim.wire import (
+from testkit.sim.wire import (
     NO_ID,
     JsonStreamSplitter,
     Param,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from daemon_helpers import running, until
 
-from balloond.config import load_config, parse_config
-from balloond.link import LinkState
-from balloond.recorder import TraceRecorder
+from balloond.core.link import LinkState
+from balloond.core.stats import BalloonStats, GuestSample, HostSnapshot
+from balloond.core.units import GiB, MiB
 from balloond.replay import (
     EngineController,
     GuestSpec,
@@ -24,13 +24,13 @@ from balloond.replay import (
     Scenario,
     overcommitted_host,
     run,
+    traces,
 )
-from balloond.sim import traces
-from balloond.sim.fleet import SimFleet
-from balloond.sim.qmp_server import SimGuestSpec
-from balloond.sim.traces import EXAMPLES_DIR, Trace
-from balloond.stats import BalloonStats, GuestSample, HostSnapshot
-from balloond.units import GiB, MiB
+from balloond.replay.traces import EXAMPLES_DIR, Trace
+from balloond.runtime.config import load_config, parse_config
+from balloond.service.recorder import TraceRecorder
+from testkit.sim.fleet import SimFleet
+from testkit.sim.qmp_server import SimGuestSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "balloond.toml"
@@ -58,7 +58,7 @@ def small_scenario(seed: int) -> Scenario:
 
 def simulate(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "balloond.cli", "simulate", *map(str, args)],
+        [sys.executable, "-m", "balloond", "simulate", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

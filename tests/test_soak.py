@@ -39,10 +39,10 @@ import pytest
 from daemon_helpers import Balloond
 from mqtt_helpers import Broker, Peer, hostile_request, json_of
 
-from balloond.lab import LabGuest
-from balloond.sim.fleet import SimFleet
-from balloond.sim.qmp_server import SimGuestSpec
-from balloond.units import GiB, MiB
+from balloond.core.units import GiB, MiB
+from testkit.lab import LabGuest
+from testkit.sim.fleet import SimFleet
+from testkit.sim.qmp_server import SimGuestSpec
 
 pytestmark = [pytest.mark.soak, pytest.mark.lab, pytest.mark.broker]
 

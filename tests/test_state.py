@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from balloond.controller import Intent, Mode
-from balloond.state import StateStore
-from balloond.units import MiB
+from balloond.core.units import MiB
+from balloond.service.guest import Intent, Mode
+from balloond.service.state import StateStore
 
 
 def test_round_trip_keeps_only_what_an_operator_set(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_a_damaged_file_is_set_aside_and_named(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "intents.json").write_text(content)
-    with caplog.at_level(logging.ERROR, logger="balloond.state"):
+    with caplog.at_level(logging.ERROR, logger="balloond.service.state"):
         assert StateStore(tmp_path).load() == {}
     assert (tmp_path / "intents.bad").read_text() == content
     assert not (tmp_path / "intents.json").exists()

@@ -21,7 +21,6 @@ Modules, in the order data flows through them:
 from balloond.replay.baselines import MomController, ProxmoxController, StaticController
 from balloond.replay.compare import compare, policy_bounds, standard_controllers
 from balloond.replay.engine import EngineController
-from balloond.replay.metrics import RunMetrics
 from balloond.replay.runner import Controller, RunResult, run
 from balloond.replay.scenario import (
     GuestSpec,
@@ -30,6 +29,7 @@ from balloond.replay.scenario import (
     load_traces,
     overcommitted_host,
 )
+from balloond.replay.scoring import RunMetrics
 
 __all__ = [
     "Controller",

@@ -29,8 +29,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from balloond.stats import GuestSample, HostSnapshot
-from balloond.units import MiB
+from balloond.core.stats import GuestSample, HostSnapshot
+from balloond.core.units import MiB
 
 #: (min_bytes, max_bytes) for a guest, from its name and boot memory.
 Bounds = Callable[[str, int], tuple[int, int]]

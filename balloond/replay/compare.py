@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from balloond.config import Config
 from balloond.replay.baselines import Bounds, MomController, ProxmoxController, StaticController
 from balloond.replay.engine import EngineController
 from balloond.replay.runner import Controller, RunResult, run
 from balloond.replay.scenario import Scenario
+from balloond.runtime.config import Config
 
 
 def policy_bounds(config: Config) -> Bounds:

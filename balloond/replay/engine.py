@@ -1,10 +1,10 @@
 """balloond itself as a replay controller: the real engine with the daemon's books.
 
-Nothing here decides anything: :func:`~balloond.policy.plan_host` and
-:func:`~balloond.policy.decide` do, exactly as in the daemon, and each guest's books are the
-daemon's own :class:`~balloond.policy.books.GuestBooks` (history bounded by ``history_s``,
+Nothing here decides anything: :func:`~balloond.core.policy.plan_host` and
+:func:`~balloond.core.policy.decide` do, exactly as in the daemon, and each guest's books are the
+daemon's own :class:`~balloond.core.policy.books.GuestBooks` (history bounded by ``history_s``,
 last target, last deflate, someone else's moves, last reason, last report), so that the
-engine sees the same :class:`~balloond.policy.GuestView` it would see in the daemon.
+engine sees the same :class:`~balloond.core.policy.GuestView` it would see in the daemon.
 
 One difference, on purpose: the daemon plans the host in its own loop and each guest reads
 the latest caps, which may be one poll old; here the plan is made right before the
@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from balloond.config import Config
-from balloond.policy import ResolvedPolicy, decide, plan_host
-from balloond.policy.books import GuestBooks
-from balloond.stats import GuestSample, HostSnapshot
+from balloond.core.policy import ResolvedPolicy, decide, plan_host
+from balloond.core.policy.books import GuestBooks
+from balloond.core.stats import GuestSample, HostSnapshot
+from balloond.runtime.config import Config
 
 
 @dataclass(slots=True)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from balloond.replay.metrics import PRESSURE_FRACTION, SHORT_FRACTION, RunMetrics
+from balloond.core.units import GiB
 from balloond.replay.runner import RunResult
-from balloond.units import GiB
+from balloond.replay.scoring import PRESSURE_FRACTION, SHORT_FRACTION, RunMetrics
 
 #: The target: balloond's pressure seconds at most this share of the best baseline's.
 PRESSURE_SHARE = 0.2

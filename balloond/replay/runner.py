@@ -1,10 +1,10 @@
 """The offline runner: simulated guests on a host, in virtual time, under one controller.
 
-Each guest is a :class:`~balloond.sim.model.GuestModel` replaying its trace. Every tick
+Each guest is a :class:`~balloond.replay.model.GuestModel` replaying its trace. Every tick
 the runner moves every guest forward; whenever a controller's interval comes round it
 shows the controller what a daemon would see — per guest a
-:class:`~balloond.stats.GuestSample` (``actual`` and the guest's last stats report, just as
-QMP returns them) and a :class:`~balloond.stats.HostSnapshot` of the host's memory — and
+:class:`~balloond.core.stats.GuestSample` (``actual`` and the guest's last stats report, just as
+QMP returns them) and a :class:`~balloond.core.stats.HostSnapshot` of the host's memory — and
 applies the targets it returns, as QEMU would. Nothing reads a clock and nothing is
 random, so a run is a pure function of its scenario and controller.
 """
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from balloond.replay.metrics import GuestMetrics, MetricsRecorder, RunMetrics, SeriesPoint
+from balloond.core.stats import GuestSample, HostSnapshot
+from balloond.replay.model import GuestModel, GuestParams
 from balloond.replay.scenario import Scenario
-from balloond.sim.model import GuestModel, GuestParams
-from balloond.stats import GuestSample, HostSnapshot
+from balloond.replay.scoring import GuestMetrics, MetricsRecorder, RunMetrics, SeriesPoint
 
 
 class Controller(Protocol):

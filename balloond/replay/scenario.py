@@ -2,7 +2,7 @@
 
 A :class:`Scenario` is plain frozen data, so the same one can be handed to every controller
 under comparison. :func:`load_traces` turns trace files into guests and is where a bad file
-becomes a :class:`~balloond.errors.TraceError` naming the file and what is wrong with it.
+becomes a :class:`~balloond.core.errors.TraceError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from balloond.errors import TraceError
-from balloond.sim.model import PAGE_BYTES
-from balloond.sim.traces import Trace
-from balloond.units import GiB, MiB
+from balloond.core.errors import TraceError
+from balloond.core.units import GiB, MiB
+from balloond.replay.model import PAGE_BYTES
+from balloond.replay.traces import Trace
 
 #: Guest RAM for a trace that does not say what size it was made for.
 DEFAULT_GUEST_BYTES = 1 * GiB

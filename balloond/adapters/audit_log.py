@@ -1,0 +1,72 @@
+"""The audit log: one JSON line per balloon change, decided, made or seen.
+
+Operators and tools (``jq``, log shippers) read it to learn what balloond did and why.
+Records are plain JSON with amounts in bytes; ``time`` is UTC ISO 8601. A write failure is
+logged once and never stops control: the audit log serves the operator, not the guests.
+
+Given an executor (the daemon's one I/O thread), lines are written there, in order, so a
+slow disk never holds the event loop; :meth:`AuditLog.close` is queued behind them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger("balloond.adapters.audit_log")
+
+
+class AuditLog:
+    """Appends records to ``path`` (None: keep nothing), flushing after each line; in
+    ``executor`` (one worker, so lines keep their order) when given, else right away."""
+
+    def __init__(self, path: Path | None, *, executor: Executor | None = None) -> None:
+        self.path = path
+        self._executor = executor
+        self._file: IO[str] | None = None
+        self._failed = False
+
+    def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Add ``time`` and append ``record``; returns the record as written."""
+        full = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), **record}
+        if self.path is None:
+            return full
+        line = json.dumps(full, separators=(",", ":")) + "\n"
+        if self._executor is None:
+            self._append(line)
+        else:
+            self._executor.submit(self._append, line)
+        return full
+
+    def close(self) -> None:
+        """Close the file once every line written before is out."""
+        if self._executor is None:
+            self._close()
+        else:
+            self._executor.submit(self._close)
+
+    def _append(self, line: str) -> None:
+        assert self.path is not None
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+            self._failed = False
+        except OSError as exc:
+            if not self._failed:
+                log.error("cannot write audit log %s: %s", self.path, exc)
+            self._failed = True
+            self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None

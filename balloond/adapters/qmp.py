@@ -1,0 +1,519 @@
+"""The QMP link to one guest: the only module that imports qemu.qmp.
+
+A :class:`QmpLink` owns one QMP connection to one QEMU process and implements the guest link
+(:class:`balloond.core.link.GuestLink`): find the balloon device, turn on stats polling, read
+stats and ``actual``, set a target, read boot memory, and pass on balloon-related events.
+
+Its :class:`~balloond.core.link.LinkState` says what is known about the guest, and only
+:meth:`QmpLink._set_state` changes it (and logs the change)::
+
+    IDLE --connect--> CONNECTING --> PROBING --first valid stats--> ACTIVE
+                          |            |  \\--no stats after the grace--> NO_DRIVER
+                          |            \\--no balloon device--> NO_DEVICE
+                          \\--refused/EOF--> DISCONNECTED --connect--> CONNECTING ...
+    any connected state --a call times out--> HUNG --a call succeeds--> (previous kind)
+    any state --close()--> CLOSED
+
+Every call takes a timeout chosen by the caller; qemu.qmp has none of its own. qemu.qmp's
+exceptions are translated here, once, into :mod:`balloond.core.errors`.
+
+qemu.qmp keeps every event in its default listener (a queue and a history list that only
+grow), which a daemon running for months cannot afford. :class:`_Client` therefore hands
+events straight to the link, which keeps only a small bounded queue of the kinds it cares
+about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp.message import Message
+
+from balloond.core.errors import (
+    DisconnectedError,
+    LinkError,
+    LinkTimeoutError,
+    NoBalloonError,
+    QMPCommandError,
+)
+from balloond.core.link import LinkEvent, LinkState
+from balloond.core.stats import BalloonStats
+from balloond.runtime.aio import backoff_s, sleep_unless
+
+__all__ = ["QmpLink", "silence_qmp_library_logs"]
+
+T = TypeVar("T")
+
+#: Events the link passes on; QEMU sends many others (e.g. RTC_CHANGE) nobody here needs.
+WATCHED_EVENTS = frozenset({"BALLOON_CHANGE", "SHUTDOWN", "STOP", "RESUME", "RESET"})
+#: A full queue drops its oldest event: balloon events are idempotent snapshots.
+EVENT_QUEUE_LEN = 64
+#: QEMU sends BALLOON_CHANGE at most once a second, the latest value when the second is up
+#: (monitor_qapi_event_conf). So once none has come for longer than that (plus a margin for
+#: the trip), the last ``actual`` heard is still the guest's size.
+ACTUAL_QUIET_S = 1.5
+_BALLOON_TYPES = ("virtio-balloon-pci", "virtio-balloon-ccw", "virtio-balloon-device")
+
+
+class _Client(QMPClient):
+    """A QMPClient that hands events to a callback instead of its growing listeners.
+
+    ``_event_dispatch`` is qemu.qmp's internal hook (qemu.qmp is pinned to 0.0.6, where it
+    is the one place every event passes). The default listener never sees an event, so its
+    history stays empty.
+    """
+
+    def __init__(self, name: str, on_event: Callable[[Message], None]) -> None:
+        super().__init__(name)
+        self._on_event = on_event
+
+    async def _event_dispatch(self, msg: Message) -> None:
+        self._on_event(msg)
+
+    # qemu.qmp logs every message at DEBUG but pretty-prints it (json.dumps with indent,
+    # the slow pure-Python encoder) before the logger looks at the level: at 2,000 guests
+    # that was over half the daemon's CPU. Format only when someone will read it.
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._cb_outbound(msg)
+        return msg
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            return super()._cb_inbound(msg)
+        return msg
+
+
+def silence_qmp_library_logs(level: int = logging.CRITICAL) -> None:
+    """qemu.qmp logs every refused connect at ERROR once logging is configured; balloond
+    reports link trouble itself, once, through its own per-guest loggers."""
+    logging.getLogger("qemu.qmp").setLevel(level)
+
+
+class QmpLink:
+    """One guest's QMP link. Create one per guest; call :meth:`connect` (again after a
+    disconnect), then the query and command methods, each with its own timeout.
+
+    ``driver_grace_s``: how long after stats polling is enabled the guest may stay silent
+    before it is reported as :attr:`LinkState.NO_DRIVER`. ``on_event`` is called (in the
+    event loop, must not block) with every watched event as it arrives, so a controller can
+    wake up at once instead of at its next poll; a link with a callback queues no events
+    (:meth:`events` and :meth:`pending_events` are for links without one).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        socket_path: str | Path,
+        *,
+        driver_grace_s: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[LinkEvent], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.socket_path = Path(socket_path)
+        self.driver_grace_s = driver_grace_s
+        self.log = logging.getLogger(f"balloond.guest.{name}")
+        self._clock = clock
+        self.on_event = on_event
+        self._state = LinkState.IDLE
+        self._client: _Client | None = None
+        self._balloon_path: str | None = None
+        self._boot_bytes: int | None = None
+        #: The balloon device's properties, read at each connect (None: unknown).
+        self.deflate_on_oom: bool | None = None
+        self.free_page_reporting: bool | None = None
+        self._stats_interval_s: int | None = None
+        self._stats_enabled_at: float | None = None
+        self._last_stats_update = 0
+        #: The guest's size as last heard (query-balloon or BALLOON_CHANGE); None: ask.
+        self._actual_bytes: int | None = None
+        self._balloon_events = 0
+        self._balloon_event_s = -math.inf
+        self._state_before_hang = LinkState.PROBING
+        self._events: asyncio.Queue[LinkEvent | None] = asyncio.Queue(EVENT_QUEUE_LEN)
+        self.state_changed = asyncio.Event()
+        #: Counters for metrics: QMP errors of any kind, and timeouts.
+        self.errors_total = 0
+        self.timeouts_total = 0
+
+    def __repr__(self) -> str:
+        return f"<QmpLink {self.name} {self._state.value} {self.socket_path}>"
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def state(self) -> LinkState:
+        return self._state
+
+    @property
+    def address(self) -> str:
+        """The QMP socket's path."""
+        return str(self.socket_path)
+
+    @property
+    def balloon_path(self) -> str | None:
+        """QOM path of the balloon device, once found (e.g. /machine/peripheral/balloon0)."""
+        return self._balloon_path
+
+    @property
+    def boot_bytes(self) -> int | None:
+        """Guest RAM at boot, read on connect (query-memory-size-summary base-memory)."""
+        return self._boot_bytes
+
+    def _set_state(self, new: LinkState, why: str = "") -> None:
+        old = self._state
+        if new is old:
+            return
+        self._state = new
+        if new is LinkState.HUNG:
+            self._state_before_hang = old
+        level = logging.WARNING if new in _TROUBLE else logging.INFO
+        self.log.log(level, "link %s -> %s%s", old.value, new.value, f": {why}" if why else "")
+        self.state_changed.set()
+        self.state_changed = asyncio.Event()  # waiters of the old event were woken
+
+    # --- connection ----------------------------------------------------------------------
+    async def connect(self, *, timeout_s: float) -> None:
+        """Connect once, find the balloon device and re-apply the stats interval.
+
+        Raises DisconnectedError when no QEMU answers at the socket, LinkTimeoutError when
+        one accepts but does not finish the handshake in time.
+        """
+        if self._state is LinkState.CLOSED:
+            raise DisconnectedError(f"{self.name}: link is closed")
+        await self._drop_client()
+        self._set_state(LinkState.CONNECTING, str(self.socket_path))
+        client = _Client(self.name, self._on_event)
+        self._client = client
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.connect(str(self.socket_path))
+                await self._discover(client)
+        except TimeoutError:
+            await self._drop_client()
+            self._set_state(LinkState.DISCONNECTED, f"no QMP handshake within {timeout_s:g}s")
+            raise LinkTimeoutError(f"{self.name}: QMP handshake timed out") from None
+        except ConnectError as exc:
+            await self._drop_client()
+            cause = exc.exc if isinstance(exc.exc, BaseException) else exc
+            self._set_state(LinkState.DISCONNECTED, _describe(cause))
+            raise DisconnectedError(f"{self.name}: cannot connect: {_describe(cause)}") from exc
+        except LinkError:
+            await self._drop_client()
+            self._set_state(LinkState.DISCONNECTED, "lost during discovery")
+            raise
+        except QMPCommandError:
+            await self._drop_client()
+            self._set_state(LinkState.DISCONNECTED, "unexpected reply during discovery")
+            raise
+
+    async def connect_with_retry(
+        self,
+        *,
+        attempt_timeout_s: float,
+        stop: asyncio.Event,
+        initial_backoff_s: float = 0.2,
+        max_backoff_s: float = 30.0,
+    ) -> bool:
+        """Connect, retrying with capped, randomised exponential backoff.
+
+        Returns True once connected, False if ``stop`` was set first.
+        """
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                await self.connect(timeout_s=attempt_timeout_s)
+                return True
+            except LinkError as exc:
+                # Log the first failure and then every tenth: a guest that stays away
+                # must not fill the journal.
+                if attempt == 1 or attempt % 10 == 0:
+                    self.log.info("connect attempt %d failed: %s", attempt, exc)
+            delay = backoff_s(attempt - 1, initial_s=initial_backoff_s, cap_s=max_backoff_s)
+            await sleep_unless(stop, delay)
+        return False
+
+    async def close(self) -> None:
+        """Disconnect and stop; the link cannot be used again."""
+        await self._drop_client()
+        self._set_state(LinkState.CLOSED)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(None)
+
+    async def _drop_client(self) -> None:
+        self._actual_bytes = None  # a new connection may lead to a new QEMU
+        client, self._client = self._client, None
+        if client is None:
+            return
+        # After QEMU died, disconnect() re-raises the reader's error (EOFError,
+        # BrokenPipeError...): that is how the loss was noticed, not a new failure.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await client.disconnect()
+
+    async def _discover(self, client: _Client) -> None:
+        self._balloon_path = await self._find_balloon(client)
+        self._boot_bytes = self._base_memory(await self._call(client, "query-memory-size-summary"))
+        if self._balloon_path is None:
+            self._set_state(LinkState.NO_DEVICE, "no virtio-balloon device in the guest")
+            return
+        self._last_stats_update = 0
+        self.deflate_on_oom = await self._device_flag(client, "deflate-on-oom")
+        self.free_page_reporting = await self._device_flag(client, "free-page-reporting")
+        self._set_state(LinkState.PROBING, f"balloon at {self._balloon_path}")
+        if self._stats_interval_s is not None:
+            await self._apply_stats_interval(client, self._stats_interval_s)
+
+    async def _device_flag(self, client: _Client, prop: str) -> bool | None:
+        """A boolean property of the balloon device; None where this QEMU has no such
+        property or answers oddly."""
+        try:
+            value = await self._call(
+                client, "qom-get", {"path": self._balloon_path, "property": prop}
+            )
+        except QMPCommandError:
+            return None
+        return value if isinstance(value, bool) else None
+
+    async def _find_balloon(self, client: _Client) -> str | None:
+        for parent in ("/machine/peripheral", "/machine/peripheral-anon"):
+            try:
+                children = await self._call(client, "qom-list", {"path": parent})
+            except QMPCommandError:
+                continue  # QEMU without that container (no devices of that kind)
+            if not isinstance(children, list):
+                continue
+            for child in children:
+                if not isinstance(child, dict):
+                    continue
+                kind = str(child.get("type", ""))
+                if any(t in kind for t in _BALLOON_TYPES):
+                    return f"{parent}/{child.get('name')}"
+        return None
+
+    # --- calls ---------------------------------------------------------------------------
+    async def _call(
+        self, client: _Client, cmd: str, args: Mapping[str, object] | None = None
+    ) -> Any:
+        """Execute one command on ``client``; translate qemu.qmp's errors."""
+        try:
+            return await client.execute(cmd, args)
+        except ExecuteError as exc:
+            self.errors_total += 1
+            cls = str(exc.error_class)
+            text = f"{self.name}: {cmd}: {exc} ({cls})"
+            if cls == "DeviceNotActive":
+                raise NoBalloonError(text, error_class=cls) from exc
+            raise QMPCommandError(text, error_class=cls) from exc
+        except (ExecInterruptedError, QMPError, EOFError, OSError) as exc:
+            self.errors_total += 1
+            reason = f"{self.name}: {cmd}: connection lost: {_describe(exc)}"
+            raise DisconnectedError(reason) from exc
+
+    async def _run(self, what: str, timeout_s: float, op: Callable[[_Client], Awaitable[T]]) -> T:
+        """Run ``op`` on the live client under ``timeout_s``, keeping the state true."""
+        client = self._client
+        if client is None or not self._state.connected:
+            raise DisconnectedError(f"{self.name}: {what}: not connected ({self._state.value})")
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await op(client)
+        except TimeoutError:
+            self.timeouts_total += 1
+            self._set_state(LinkState.HUNG, f"{what} got no answer within {timeout_s:g}s")
+            reason = f"{self.name}: {what}: no answer within {timeout_s:g}s"
+            raise LinkTimeoutError(reason) from None
+        except DisconnectedError:
+            await self._drop_client()
+            self._set_state(LinkState.DISCONNECTED, f"lost during {what}")
+            with contextlib.suppress(asyncio.QueueFull):
+                self._events.put_nowait(None)
+            raise
+        if self._state is LinkState.HUNG:
+            self._set_state(self._state_before_hang, f"{what} answered again")
+        return result
+
+    async def execute(
+        self, cmd: str, args: Mapping[str, object] | None = None, *, timeout_s: float
+    ) -> Any:
+        """Run any QMP command (for tools and tests); the typed methods are preferred."""
+        return await self._run(cmd, timeout_s, lambda c: self._call(c, cmd, args))
+
+    def _require_balloon(self) -> str:
+        if self._balloon_path is None:
+            reason = f"{self.name}: no virtio-balloon device"
+            raise NoBalloonError(reason, error_class="DeviceNotActive")
+        return self._balloon_path
+
+    async def enable_stats(self, interval_s: int, *, timeout_s: float) -> None:
+        """Ask QEMU to poll the guest's stats every ``interval_s`` whole seconds (>= 1).
+
+        The interval is remembered and applied again after every reconnect, so a QEMU
+        restarted on the same socket gets it too.
+        """
+        if interval_s < 1:
+            raise ValueError(f"stats polling interval must be >= 1 s, not {interval_s}")
+        self._stats_interval_s = interval_s
+        await self._run(
+            "enable stats", timeout_s, lambda c: self._apply_stats_interval(c, interval_s)
+        )
+
+    async def _apply_stats_interval(self, client: _Client, interval_s: int) -> None:
+        path = self._require_balloon()
+        await self._call(
+            client,
+            "qom-set",
+            {"path": path, "property": "guest-stats-polling-interval", "value": interval_s},
+        )
+        self._stats_enabled_at = self._clock()
+
+    async def read_stats(self, *, timeout_s: float) -> BalloonStats:
+        """Read the guest's latest stats; also decides between PROBING, ACTIVE, NO_DRIVER."""
+        path = self._require_balloon()
+        reply = await self._run(
+            "read stats",
+            timeout_s,
+            lambda c: self._call(c, "qom-get", {"path": path, "property": "guest-stats"}),
+        )
+        try:
+            stats = BalloonStats.from_qmp(reply)
+        except ValueError as exc:
+            self.errors_total += 1
+            raise QMPCommandError(f"{self.name}: odd guest-stats reply: {exc}") from exc
+        self._judge_driver(stats)
+        return stats
+
+    def _judge_driver(self, stats: BalloonStats) -> None:
+        if stats.valid and stats.last_update != self._last_stats_update:
+            self._last_stats_update = stats.last_update
+            if self._state in (LinkState.PROBING, LinkState.NO_DRIVER):
+                self._set_state(LinkState.ACTIVE, "guest reports stats")
+            return
+        if (
+            self._state is LinkState.PROBING
+            and self._stats_enabled_at is not None
+            and self._clock() - self._stats_enabled_at > self.driver_grace_s
+            and not stats.valid
+        ):
+            self._set_state(
+                LinkState.NO_DRIVER,
+                f"no stats {self.driver_grace_s:g}s after polling was enabled "
+                "(virtio_balloon driver not loaded in the guest?)",
+            )
+
+    async def current_actual(self, *, timeout_s: float) -> int:
+        """The guest's logical size now, without a QMP call when it cannot have changed.
+
+        QEMU reports every change of ``actual`` with BALLOON_CHANGE, at most one event a
+        second, so while no event has arrived for :data:`ACTUAL_QUIET_S` the last value
+        heard (from an event or from query-balloon) is still right; otherwise this asks
+        QEMU (:meth:`query_actual`). At thousands of guests that halves the QMP calls of a
+        poll whose balloon is still.
+        """
+        quiet = self._clock() - self._balloon_event_s > ACTUAL_QUIET_S
+        if self._actual_bytes is not None and quiet and self._state.connected:
+            return self._actual_bytes
+        return await self.query_actual(timeout_s=timeout_s)
+
+    async def query_actual(self, *, timeout_s: float) -> int:
+        """The guest's current logical memory size in bytes (query-balloon ``actual``)."""
+        events_before = self._balloon_events
+        reply = await self._run(
+            "query-balloon", timeout_s, lambda c: self._call(c, "query-balloon")
+        )
+        actual = reply.get("actual") if isinstance(reply, dict) else None
+        if not isinstance(actual, int) or isinstance(actual, bool) or actual <= 0:
+            self.errors_total += 1
+            raise QMPCommandError(f"{self.name}: odd query-balloon reply: {reply!r:.200}")
+        if self._balloon_events == events_before:
+            # An event that arrived meanwhile may be newer than this reply: keep it.
+            self._actual_bytes = actual
+        return actual
+
+    async def set_target(self, target_bytes: int, *, timeout_s: float) -> None:
+        """Ask the guest to resize to ``target_bytes`` (QMP ``balloon``; QEMU clamps to RAM)."""
+        if target_bytes <= 0:
+            raise ValueError(f"balloon target must be positive, not {target_bytes}")
+        await self._run(
+            "balloon", timeout_s, lambda c: self._call(c, "balloon", {"value": int(target_bytes)})
+        )
+
+    async def boot_memory(self, *, timeout_s: float) -> int:
+        """Guest RAM at boot in bytes (cached from the last connect)."""
+        if self._boot_bytes is not None:
+            return self._boot_bytes
+        self._boot_bytes = self._base_memory(
+            await self.execute("query-memory-size-summary", timeout_s=timeout_s)
+        )
+        return self._boot_bytes
+
+    def _base_memory(self, reply: Any) -> int:
+        """``base-memory`` from a query-memory-size-summary reply; QMPCommandError if odd."""
+        base = reply.get("base-memory") if isinstance(reply, dict) else None
+        if not isinstance(base, int) or isinstance(base, bool) or base <= 0:
+            raise QMPCommandError(f"{self.name}: odd query-memory-size-summary reply: {reply!r}")
+        return base
+
+    # --- events --------------------------------------------------------------------------
+    def _on_event(self, msg: Message) -> None:
+        name = msg.get("event")
+        if name not in WATCHED_EVENTS:
+            return
+        data = msg.get("data")
+        event = LinkEvent(str(name), data if isinstance(data, dict) else {}, self._clock())
+        if name == "BALLOON_CHANGE":
+            self._balloon_events += 1
+            self._balloon_event_s = event.t_s
+            actual = event.data.get("actual")
+            ok = isinstance(actual, int) and not isinstance(actual, bool) and actual > 0
+            self._actual_bytes = actual if ok else None
+        elif name == "RESET":
+            self._actual_bytes = None  # the guest's driver starts over
+        if self.on_event is not None:
+            # The callback is the consumer. A queue nobody reads would hold its last
+            # EVENT_QUEUE_LEN events for every guest (tens of MiB at thousands of guests).
+            self.on_event(event)
+            return
+        if self._events.full():
+            self._events.get_nowait()
+        self._events.put_nowait(event)
+
+    def pending_events(self) -> list[LinkEvent]:
+        """Take the events received so far without waiting."""
+        out: list[LinkEvent] = []
+        while not self._events.empty():
+            item = self._events.get_nowait()
+            if item is not None:
+                out.append(item)
+        return out
+
+    async def events(self) -> AsyncIterator[LinkEvent]:
+        """Stream BALLOON_CHANGE, SHUTDOWN, STOP, RESUME and RESET until the link drops.
+
+        The stream ends when the connection is lost or the link is closed; after a
+        reconnect, iterate again.
+        """
+        while True:
+            item = await self._events.get()
+            if item is None:
+                return
+            yield item
+
+
+_TROUBLE = frozenset(
+    {LinkState.NO_DEVICE, LinkState.NO_DRIVER, LinkState.HUNG, LinkState.DISCONNECTED}
+)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

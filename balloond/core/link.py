@@ -1,0 +1,111 @@
+"""The guest link: what a guest controller needs of a way to reach its guest.
+
+A :class:`~balloond.service.guest.GuestController` never knows how its guest is reached. It
+holds a :class:`GuestLink` and calls these, each under a timeout it chooses:
+
+* connect (:meth:`GuestLink.connect_with_retry`), and close (:meth:`GuestLink.close`);
+* probe: :meth:`GuestLink.enable_stats` turns the guest's stats reports on, after which the
+  link's :attr:`~GuestLink.state` says whether a driver answers;
+* :meth:`GuestLink.read_stats`, :meth:`GuestLink.current_actual` (the guest's size now),
+  :meth:`GuestLink.set_target` (the balloon command) and :meth:`GuestLink.boot_memory`;
+* events: :attr:`GuestLink.on_event` is called with each :class:`LinkEvent` as it arrives.
+
+:class:`balloond.adapters.qmp.QmpLink` implements it over a QMP socket. A link translates its
+transport's errors into :mod:`balloond.core.errors` (``LinkError`` and its kinds), so the
+controller handles trouble the same way whichever link it holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from balloond.core.stats import BalloonStats
+
+__all__ = ["GuestLink", "LinkEvent", "LinkState"]
+
+
+class LinkState(enum.Enum):
+    """What balloond knows about a guest's link and balloon."""
+
+    IDLE = "idle"  # created, never connected
+    CONNECTING = "connecting"
+    PROBING = "probing"  # connected, balloon found, waiting for the guest's first stats
+    ACTIVE = "active"  # stats flowing: the guest driver answers
+    NO_DEVICE = "no-device"  # connected, but the guest has no virtio-balloon device
+    NO_DRIVER = "no-driver"  # device present, the guest driver never reports
+    HUNG = "hung"  # connected, but the last call timed out
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+    @property
+    def connected(self) -> bool:
+        return self in _CONNECTED
+
+
+_CONNECTED = frozenset(
+    {LinkState.PROBING, LinkState.ACTIVE, LinkState.NO_DEVICE, LinkState.NO_DRIVER, LinkState.HUNG}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """Something the guest's VMM reported: ``name`` as QEMU spells it (BALLOON_CHANGE,
+    SHUTDOWN, STOP, RESUME, RESET), its ``data``, and when the link received it (monotonic
+    seconds). A link over another transport names its events the same way."""
+
+    name: str
+    data: Mapping[str, Any]
+    t_s: float
+
+
+class GuestLink(Protocol):
+    """One guest, reached one way. Sizes in bytes; every call takes its own timeout."""
+
+    #: The guest's name, as the operator knows it.
+    name: str
+    #: Called in the event loop (must not block) with each event as it arrives.
+    on_event: Callable[[LinkEvent], None] | None
+    #: The balloon device's properties, read at each connect (None: unknown).
+    deflate_on_oom: bool | None
+    free_page_reporting: bool | None
+    #: Calls that failed, and those of them that got no answer in time (for metrics).
+    errors_total: int
+    timeouts_total: int
+
+    @property
+    def state(self) -> LinkState: ...
+
+    @property
+    def address(self) -> str:
+        """Where the guest is reached (a QMP socket path, ...), for people and logs."""
+        ...
+
+    @property
+    def boot_bytes(self) -> int | None:
+        """Guest RAM at boot, once known."""
+        ...
+
+    async def connect_with_retry(self, *, attempt_timeout_s: float, stop: Any) -> bool:
+        """Connect, retrying with backoff; False if ``stop`` (an asyncio.Event) came first."""
+        ...
+
+    async def enable_stats(self, interval_s: int, *, timeout_s: float) -> None:
+        """Ask the guest to report stats every ``interval_s`` (the probe for a driver)."""
+        ...
+
+    async def read_stats(self, *, timeout_s: float) -> BalloonStats: ...
+
+    async def current_actual(self, *, timeout_s: float) -> int:
+        """The guest's logical size now."""
+        ...
+
+    async def set_target(self, target_bytes: int, *, timeout_s: float) -> None: ...
+
+    async def boot_memory(self, *, timeout_s: float) -> int: ...
+
+    async def close(self) -> None:
+        """Disconnect for good; the link is not used again."""
+        ...

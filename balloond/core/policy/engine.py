@@ -1,0 +1,369 @@
+"""The per-guest decision: how big should this guest's balloon make it, and why.
+
+:func:`decide` is a pure function of its arguments: no I/O, no clock, no logging. It is called
+for every guest on every poll (thousands per second), so it reads only the last few samples
+and does arithmetic on ints.
+
+The ladder, first match wins:
+
+1. ``reclaim = "off"``: leave the balloon alone; hand back to ``max_size`` only a size that
+   balloond itself set (so switching a guest to "off" undoes balloond's work, not an
+   operator's).
+2. No stats, or stale stats: no change. Without a fresh picture balloond never takes
+   memory. Fail-safe (``stats-lost``): when the guest has sent no new report for
+   ``stale_release_s`` while it is below ``max_size``, hand it back up to ``max_size``:
+   balloond can no longer see it run short. It is taken again only once stats flow.
+3. Guest pressure, any of: an OOM kill; available memory below ``free_low``; available memory
+   falling fast enough to cross ``free_low`` within :data:`HORIZON_POLLS` polls; the guest
+   deflating the balloon itself (deflate-on-oom); swap-in, major faults or allocation stalls
+   while available memory is in the lower half of the band. Deflate at once, sized for the
+   deficit to mid-band (top of band for the fault and OOM signals) plus the rate of decline
+   times the horizon, at least ``min_change``, up to ``max_size``. Guest pressure wins over
+   a host cap and over any cooldown: an OOM kill in a guest is certain damage, host pressure
+   only a risk that other guests' idle memory can cover.
+4. Below the floor (``min_size``, or used + ``max(free_low, cache_floor)``): deflate to it.
+5. Above the ceiling (``max_size``, or the host cap): inflate straight to it. Not step-limited:
+   ``max_size`` is a hard limit, and a host cap is urgent and never below the floor.
+6. ``reclaim = "host-pressure"``: sit at the ceiling; when the cap lifts or rises, deflate
+   back to it (``host-recovered``).
+7. ``reclaim = "idle"``: after a host squeeze, hand memory back up to mid-band; with
+   available memory above ``free_high``, inflate toward mid-band, at most
+   ``max_inflate_step``, never below the floor; otherwise hold (``in-band``).
+
+Rules every target obeys (and the property tests check):
+
+* ``floor <= target <= max_size``; the floor is never above ``max_size``.
+* No inflate within ``cooldown_s`` of a deflate, or within ``external_backoff_s`` of a change
+  balloond did not make.
+* No change smaller than ``min_change``, except a deflate that lands exactly on ``max_size``
+  (so a guest under pressure always gets everything up to its maximum). A needed deflate is
+  rounded up to ``min_change``.
+* Targets are whole MiB (so are ``min_size``, ``max_size``, floors and caps): QEMU moves the
+  balloon in 4 KiB pages, and a target it cannot hit exactly would read as someone else's
+  change.
+"""
+
+from __future__ import annotations
+
+from balloond.core.policy import explain
+from balloond.core.policy.decision import Decision, Reason
+from balloond.core.policy.inputs import GuestView, Reclaim, ResolvedPolicy
+from balloond.core.policy.observe import Observation, Unobservable, observe
+from balloond.core.units import MiB
+
+#: How far ahead a falling guest is extrapolated, in polls (of at least 1 s: guests report
+#: no faster). Three covers the next decision plus the time the balloon takes to move.
+HORIZON_POLLS = 3
+#: Swap-in this fast, with available memory below mid-band, means the guest is short.
+THRASH_SWAP_IN_BPS = 1 * MiB
+#: Major faults this frequent, with available memory below mid-band, mean the guest is
+#: re-reading pages it had to drop. Program start-ups stay well below it.
+THRASH_MAJOR_FAULTS_PER_S = 500.0
+
+
+def horizon_s(poll_interval_s: float) -> float:
+    """Seconds ahead a falling guest is extrapolated."""
+    return HORIZON_POLLS * max(poll_interval_s, 1.0)
+
+
+def floor_bytes(*, used_bytes: int, policy: ResolvedPolicy) -> int:
+    """The smallest size balloond gives the guest, in whole MiB; never above ``max_size``."""
+    return min(
+        _round_up_mib(max(policy.min_bytes, used_bytes + policy.keep_bytes)), policy.max_bytes
+    )
+
+
+def inflate_block(
+    *, guest: GuestView, policy: ResolvedPolicy, now_s: float
+) -> tuple[Reason, str] | None:
+    """Why an inflate may not happen now (cooldown, external backoff), or None."""
+    if guest.last_deflate_s is not None:
+        since_s = now_s - guest.last_deflate_s
+        if since_s < policy.cooldown_s:
+            return Reason.COOLDOWN, (
+                f"deflated {since_s:.0f}s ago (cooldown {policy.cooldown_s:.0f}s)"
+            )
+    if guest.external_change_s is not None:
+        since_s = now_s - guest.external_change_s
+        if since_s < policy.external_backoff_s:
+            return Reason.EXTERNAL_BACKOFF, (
+                f"balloon moved by someone else {since_s:.0f}s ago "
+                f"(backoff {policy.external_backoff_s:.0f}s)"
+            )
+    return None
+
+
+def _round_up_mib(n_bytes: int) -> int:
+    return -(-n_bytes // MiB) * MiB
+
+
+class _Frame:
+    """One decision in the making: the facts, and the two ways to answer."""
+
+    __slots__ = ("cap", "ceiling", "floor", "guest", "now_s", "obs", "policy")
+
+    def __init__(
+        self,
+        *,
+        guest: GuestView,
+        policy: ResolvedPolicy,
+        obs: Observation,
+        floor: int,
+        ceiling: int,
+        cap: int | None,
+        now_s: float,
+    ) -> None:
+        self.guest = guest
+        self.policy = policy
+        self.obs = obs
+        self.floor = floor
+        self.ceiling = ceiling
+        self.cap = cap
+        self.now_s = now_s
+
+    def answer(self, target: int | None, reason: Reason, why: str) -> Decision:
+        obs = self.obs
+        if target is not None:
+            why = f"{why}: {explain.move(obs.current_bytes, target)}"
+        elif not why.endswith("no change"):
+            why = f"{why}: no change"
+        return Decision(
+            target_bytes=target,
+            reason=reason,
+            explanation=why,
+            current_bytes=obs.current_bytes,
+            available_bytes=obs.available_bytes,
+            used_bytes=obs.used_bytes,
+            floor_bytes=self.floor,
+            ceiling_bytes=self.ceiling,
+            free_low_bytes=self.policy.free_low_bytes,
+            free_high_bytes=self.policy.free_high_bytes,
+            host_cap_bytes=self.cap,
+            decline_bps=obs.decline_bps,
+        )
+
+    def deflate(self, *, want: int, limit: int, reason: Reason, why: str) -> Decision:
+        """Grow the guest toward ``want``, no higher than ``limit``."""
+        policy, current = self.policy, self.obs.current_bytes
+        if current >= limit:
+            at = "max_size" if limit >= policy.max_bytes else "the host cap"
+            return self.answer(None, Reason.AT_MAX, f"{why}, but already at {at}")
+        target = _round_up_mib(want)
+        if policy.max_deflate_step_bytes is not None:
+            # Rounded up: a limit of "10%" need not be whole MiB.
+            target = min(target, _round_up_mib(current + policy.max_deflate_step_bytes))
+        # The floor wins over the step limit: a guest is never left below used + free_low.
+        target = max(min(target, limit), self.floor)
+        if target - current < policy.min_change_bytes and target != policy.max_bytes:
+            return self.answer(
+                None,
+                Reason.MIN_CHANGE,
+                f"{why}, but {explain.size(target - current)} is below min_change "
+                f"{explain.size(policy.min_change_bytes)}",
+            )
+        return self.answer(target, reason, why)
+
+    def inflate(self, *, want: int, step_limited: bool, reason: Reason, why: str) -> Decision:
+        """Shrink the guest toward ``want``, never below the floor."""
+        policy, current = self.policy, self.obs.current_bytes
+        target = max(want, self.floor)
+        if step_limited:
+            target = max(target, current - policy.max_inflate_step_bytes)
+        target = _round_up_mib(target)  # toward the current size
+        if target >= current:
+            if self.floor >= want:
+                floor = explain.size(self.floor)
+                return self.answer(None, Reason.AT_FLOOR, f"{why}, but at the floor {floor}")
+            return self.answer(None, Reason.MIN_CHANGE, f"{why}, but the change is under 1MiB")
+        blocked = inflate_block(guest=self.guest, policy=policy, now_s=self.now_s)
+        if blocked is not None:
+            return self.answer(None, blocked[0], f"{why}, but {blocked[1]}")
+        if current - target < policy.min_change_bytes:
+            return self.answer(
+                None,
+                Reason.MIN_CHANGE,
+                f"{why}, but {explain.size(current - target)} is below min_change "
+                f"{explain.size(policy.min_change_bytes)}",
+            )
+        return self.answer(target, reason, why)
+
+
+def _pressure(frame: _Frame, *, horizon: float) -> tuple[Reason, int, str] | None:
+    """The guest-pressure signal that applies, with how many bytes it needs; or None."""
+    obs, policy, boot = frame.obs, frame.policy, frame.guest.boot_bytes
+    available = obs.available_bytes
+    low, mid, high = policy.free_low_bytes, policy.band_mid_bytes, policy.free_high_bytes
+    ahead = int(obs.decline_bps * horizon)
+    falling = f", falling {explain.rate(obs.decline_bps)}" if obs.decline_bps >= MiB else ""
+    if obs.new_oom_kills:
+        why = f"the guest OOM-killed {obs.new_oom_kills} process(es)"
+        return Reason.OOM_RISK, max(high - available, 0) + ahead, why
+    if available < low:
+        why = (
+            f"available {explain.size(available)} < free_low {explain.size_pct(low, boot)}{falling}"
+        )
+        return Reason.PRESSURE, mid - available + ahead, why
+    if ahead and available - ahead < low:
+        why = (
+            f"available {explain.size(available)}{falling}: below free_low "
+            f"{explain.size_pct(low, boot)} within {horizon:.0f}s"
+        )
+        return Reason.OOM_RISK, max(mid - available, 0) + ahead, why
+    if obs.guest_deflated_bytes:
+        why = f"the guest deflated the balloon itself by {explain.size(obs.guest_deflated_bytes)}"
+        return Reason.GUEST_DEFLATE, max(high - available, 0) + ahead, why
+    if available < mid:
+        signal = ""
+        if obs.new_alloc_stalls:
+            signal = f"{obs.new_alloc_stalls} allocation stalls"
+        elif obs.swap_in_bps >= THRASH_SWAP_IN_BPS:
+            signal = f"swap-in {explain.rate(obs.swap_in_bps)}"
+        elif obs.major_faults_per_s >= THRASH_MAJOR_FAULTS_PER_S:
+            signal = f"{obs.major_faults_per_s:.0f} major faults/s"
+        if signal:
+            why = f"{signal} with available {explain.size(available)} below mid-band"
+            return Reason.THRASHING, high - available + ahead, why
+    return None
+
+
+def _unobservable(
+    problem: Unobservable, *, policy: ResolvedPolicy, host_cap_bytes: int | None
+) -> Decision:
+    return Decision(
+        target_bytes=None,
+        reason=problem.reason,
+        explanation=f"{problem.detail}: no change",
+        current_bytes=problem.current_bytes,
+        ceiling_bytes=policy.max_bytes,
+        free_low_bytes=policy.free_low_bytes,
+        free_high_bytes=policy.free_high_bytes,
+        host_cap_bytes=host_cap_bytes,
+    )
+
+
+def _release_blind(
+    problem: Unobservable, *, guest: GuestView, policy: ResolvedPolicy, now_s: float
+) -> Decision | None:
+    """The stale-stats fail-safe: back to ``max_size`` once blind for ``stale_release_s``."""
+    current = problem.current_bytes
+    if current is None or guest.last_report_s is None or current >= policy.max_bytes:
+        return None
+    blind_s = now_s - guest.last_report_s
+    if blind_s < policy.stale_release_s:
+        return None
+    why = (
+        f"{problem.detail}; no guest report for {blind_s:.0f}s "
+        f"(stale_release_s {policy.stale_release_s:g}s): balloond cannot see this guest run "
+        f"short, so it hands back what it took: {explain.move(current, policy.max_bytes)}"
+    )
+    return Decision(
+        target_bytes=policy.max_bytes,
+        reason=Reason.STATS_LOST,
+        explanation=why,
+        current_bytes=current,
+        ceiling_bytes=policy.max_bytes,
+        free_low_bytes=policy.free_low_bytes,
+        free_high_bytes=policy.free_high_bytes,
+    )
+
+
+def _off(*, guest: GuestView, policy: ResolvedPolicy) -> Decision:
+    current = guest.history[-1].actual_bytes if guest.history else None
+    ours = guest.target_bytes is not None and guest.target_bytes < policy.max_bytes
+    if ours and current is not None and current < policy.max_bytes:
+        move = explain.move(current, policy.max_bytes)
+        target: int | None = policy.max_bytes
+        why = f"reclaim is off: handing back what balloond took: {move}"
+    else:
+        target, why = None, "reclaim is off: balloon left alone"
+    return Decision(
+        target_bytes=target,
+        reason=Reason.OFF,
+        explanation=why,
+        current_bytes=current,
+        ceiling_bytes=policy.max_bytes,
+        free_low_bytes=policy.free_low_bytes,
+        free_high_bytes=policy.free_high_bytes,
+    )
+
+
+def decide(
+    *,
+    guest: GuestView,
+    policy: ResolvedPolicy,
+    host_cap_bytes: int | None,
+    now_s: float,
+    poll_interval_s: float,
+) -> Decision:
+    """Decide the balloon target for one guest now (see the module docstring for the rules).
+
+    ``host_cap_bytes`` comes from :func:`balloond.core.policy.planner.plan_host` (None: the host has
+    room). ``now_s`` is the monotonic clock of the samples.
+    """
+    if policy.reclaim is Reclaim.OFF:
+        return _off(guest=guest, policy=policy)
+    obs = observe(guest=guest, now_s=now_s, poll_interval_s=poll_interval_s)
+    if isinstance(obs, Unobservable):
+        released = _release_blind(obs, guest=guest, policy=policy, now_s=now_s)
+        if released is not None:
+            return released
+        return _unobservable(obs, policy=policy, host_cap_bytes=host_cap_bytes)
+
+    current, available = obs.current_bytes, obs.available_bytes
+    max_bytes = policy.max_bytes
+    floor = floor_bytes(used_bytes=obs.used_bytes, policy=policy)
+    cap = (
+        None
+        if host_cap_bytes is None
+        else min(max(_round_up_mib(host_cap_bytes), floor), max_bytes)
+    )
+    ceiling = max_bytes if cap is None else cap
+    frame = _Frame(
+        guest=guest, policy=policy, obs=obs, floor=floor, ceiling=ceiling, cap=cap, now_s=now_s
+    )
+
+    pressure = _pressure(frame, horizon=horizon_s(poll_interval_s))
+    if pressure is not None:
+        reason, need, why = pressure
+        bump = max(need, policy.min_change_bytes, MiB)
+        return frame.deflate(want=current + bump, limit=max_bytes, reason=reason, why=why)
+
+    if current < floor:
+        why = f"below the floor {explain.size(floor)} (used {explain.size(obs.used_bytes)})"
+        return frame.deflate(want=floor, limit=max_bytes, reason=Reason.BELOW_FLOOR, why=why)
+
+    if current > ceiling:
+        if cap is not None and cap < max_bytes:
+            why = f"host short of memory, cap {explain.size(cap)}"
+            reason = Reason.HOST_PRESSURE
+        else:
+            why = f"above max_size {explain.size_pct(max_bytes, guest.boot_bytes)}"
+            reason = Reason.ABOVE_MAX
+        return frame.inflate(want=ceiling, step_limited=False, reason=reason, why=why)
+
+    if policy.reclaim is Reclaim.HOST_PRESSURE:
+        if current < ceiling:
+            why = "host has room again" if cap is None else f"host cap up to {explain.size(cap)}"
+            return frame.deflate(want=ceiling, limit=ceiling, reason=Reason.HOST_RECOVERED, why=why)
+        if cap is not None and cap < max_bytes:
+            return frame.answer(None, Reason.HOST_PRESSURE, "held at the host cap")
+        return frame.answer(None, Reason.AT_MAX, "at max_size until the host is short")
+
+    mid = policy.band_mid_bytes
+    if guest.last_reason is Reason.HOST_PRESSURE and available < mid:
+        want = min(current + mid - available, ceiling)
+        if want > current:
+            why = "host has room again" if cap is None else f"host cap up to {explain.size(cap)}"
+            return frame.deflate(want=want, limit=ceiling, reason=Reason.HOST_RECOVERED, why=why)
+        return frame.answer(None, Reason.HOST_PRESSURE, "held at the host cap")
+
+    if available > policy.free_high_bytes:
+        why = (
+            f"available {explain.size(available)} > free_high "
+            f"{explain.size_pct(policy.free_high_bytes, guest.boot_bytes)}"
+        )
+        return frame.inflate(
+            want=current - (available - mid), step_limited=True, reason=Reason.IDLE, why=why
+        )
+    band = f"{explain.size(policy.free_low_bytes)}..{explain.size(policy.free_high_bytes)}"
+    return frame.answer(None, Reason.IN_BAND, f"available {explain.size(available)} within {band}")

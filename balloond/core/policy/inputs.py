@@ -1,0 +1,91 @@
+"""What the engine is given: a guest's view and its policy resolved to bytes.
+
+Both are frozen plain dataclasses, built once per guest by the supervisor, so the hot path
+(one decision per guest per poll, thousands of guests) never touches pydantic or parses a
+size. ``balloond.runtime.config.Policy.resolve`` is the only producer of :class:`ResolvedPolicy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from balloond.core.policy.decision import Reason
+from balloond.core.stats import GuestSample
+
+
+class Reclaim(StrEnum):
+    """When balloond may take memory from a guest (the policy's ``reclaim`` key)."""
+
+    #: Inflate whenever the guest has more available memory than ``free_high``.
+    IDLE = "idle"
+    #: Keep the guest at ``max_size``; take memory only while the host is short of it.
+    HOST_PRESSURE = "host-pressure"
+    #: Leave the balloon alone (after handing back what balloond itself took).
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedPolicy:
+    """A policy with every amount turned into bytes for one guest size.
+
+    Invariants (``Policy.resolve`` guarantees them; tests may build one directly):
+    ``0 < min_bytes <= max_bytes <= boot_bytes``, both whole MiB;
+    ``free_low_bytes < free_high_bytes``; both steps ``>= min_change_bytes``.
+    """
+
+    name: str
+    boot_bytes: int
+    min_bytes: int
+    max_bytes: int
+    free_low_bytes: int
+    free_high_bytes: int
+    cache_floor_bytes: int
+    max_inflate_step_bytes: int
+    #: None: a deflate may be any size.
+    max_deflate_step_bytes: int | None
+    min_change_bytes: int
+    cooldown_s: float
+    external_backoff_s: float
+    weight: int
+    reclaim: Reclaim
+    #: Without a fresh guest report for this long, hand the guest back up to ``max_size``:
+    #: balloond can no longer see it run short.
+    stale_release_s: float = 30.0
+    #: Where idle inflation aims: available memory in the middle of the band.
+    band_mid_bytes: int = field(init=False)
+    #: Available memory a guest always keeps: ``max(free_low, cache_floor)``.
+    keep_bytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Derived once here rather than as properties: they are read on every decision.
+        object.__setattr__(
+            self, "band_mid_bytes", (self.free_low_bytes + self.free_high_bytes) // 2
+        )
+        object.__setattr__(self, "keep_bytes", max(self.free_low_bytes, self.cache_floor_bytes))
+
+
+@dataclass(frozen=True, slots=True)
+class GuestView:
+    """Everything the engine knows about one guest at one moment.
+
+    Times are the daemon's monotonic clock in seconds, the same clock as ``GuestSample.t_s``.
+    """
+
+    name: str
+    #: Guest RAM at boot: the largest ``actual`` the balloon can reach.
+    boot_bytes: int
+    #: Oldest first, bounded by ``daemon.history_s``. The engine reads only the last few.
+    history: tuple[GuestSample, ...]
+    #: The last target balloond asked QEMU for; None if it never set one.
+    target_bytes: int | None = None
+    #: When the balloon was last deflated, by balloond or by the guest (deflate-on-oom).
+    last_deflate_s: float | None = None
+    #: When a balloon change balloond did not make was last seen.
+    external_change_s: float | None = None
+    #: When the guest last sent a new stats report (before its first: when the link
+    #: connected); None if unknown. Drives the stale-stats fail-safe.
+    last_report_s: float | None = None
+    #: Reason of the last decision that set a target, so the engine can tell a guest it
+    #: squeezed for the host (and should hand memory back to) from one that is simply idle.
+    last_reason: Reason | None = None

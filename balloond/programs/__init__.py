@@ -1,0 +1,1 @@
+"""The programs: ``balloond`` (run, config check/schema, simulate) and ``balloonctl``."""

@@ -1,0 +1,560 @@
+"""One guest under control: the loop that polls it, asks the engine, and moves its balloon.
+
+A :class:`GuestController` owns its guest's link (a :class:`~balloond.core.link.GuestLink`,
+such as the QMP adapter's) and is the only writer of that guest's balloon target. Everything
+else (the control socket, MQTT, the host planner) changes the controller's *intent* (mode,
+manual target, host cap) and wakes it; the loop then acts. That keeps one guest's QMP
+traffic strictly ordered and makes a slow or hung QEMU cost only its own task.
+
+Each cycle: read stats and ``actual`` (each under the QMP timeout; ``actual`` from the
+link's BALLOON_CHANGE tracking while the balloon is still), notice changes balloond
+did not make (the guest's own deflate-on-oom, another QMP client) and accept them rather
+than fight, ask the pure engine for a decision, apply it (unless dry-run or paused), audit
+it, and sleep until the next interval or until a BALLOON_CHANGE event or a command wakes
+the loop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from balloond.adapters.audit_log import AuditLog
+from balloond.adapters.port import GuestReading
+from balloond.core.errors import LinkError, NoBalloonError, QMPCommandError
+from balloond.core.events import BalloonChange, HoldExpired
+from balloond.core.events import GuestEvent as ControllerEvent
+from balloond.core.link import GuestLink, LinkEvent, LinkState
+from balloond.core.policy import Decision, GuestView, Reason, ResolvedPolicy, decide
+from balloond.core.policy.books import (
+    ACTUAL_TOLERANCE_BYTES,
+    ExternalMove,
+    GuestBooks,
+)
+from balloond.core.policy.observe import stale_after_s
+from balloond.core.stats import GuestSample
+from balloond.core.units import fmt_size
+
+#: How long a guest without a balloon device waits before the link looks again
+#: (a device can be hot-plugged).
+NO_DEVICE_RECHECK_S = 30.0
+
+
+class Mode(enum.Enum):
+    """Who decides this guest's target."""
+
+    AUTO = "auto"  # the policy engine
+    MANUAL = "manual"  # an operator's target, held until resumed or the hold expires
+    PAUSED = "paused"  # nobody: the balloon is left as it is
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What the operator asked of this guest; persisted by the state store.
+
+    ``hold_until`` is wall-clock (epoch seconds) so that it survives a restart.
+    """
+
+    mode: Mode = Mode.AUTO
+    manual_target_bytes: int | None = None
+    hold_until: float | None = None
+    policy_override: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The loop's clock settings, from ``[daemon]``."""
+
+    poll_interval_s: float
+    qmp_timeout_s: float
+    connect_timeout_s: float
+    history_len: int
+    #: How long a guest without a balloon device waits before the link looks again.
+    device_recheck_s: float = NO_DEVICE_RECHECK_S
+
+
+class GuestController:
+    """Polls one guest and applies decisions. Run :meth:`run` as the guest's task."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        link: GuestLink,
+        policy_name: str,
+        policy_for: Callable[[int], ResolvedPolicy],
+        timing: Timing,
+        audit: AuditLog,
+        dry_run: bool = False,
+        intent: Intent | None = None,
+        on_change: Callable[[GuestController, ControllerEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.policy_name = policy_name
+        self._policy_for = policy_for
+        self.timing = timing
+        self.audit = audit
+        self.dry_run = dry_run
+        self.intent = intent or Intent()
+        self._on_change = on_change
+        self._clock = clock
+        self._wall = wall_clock
+        self.log = logging.getLogger(f"balloond.guest.{name}")
+        #: What this guest's engine decisions are made from, kept between polls.
+        self.books = GuestBooks.new(name, history_len=timing.history_len)
+        self.host_cap_bytes: int | None = None
+        self.last_decision: Decision | None = None
+        self.last_action: dict[str, Any] | None = None
+        self.decisions = Counter[str]()
+        self._policy: ResolvedPolicy | None = None
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        #: The stats polling interval applied since the last connect; None: not yet.
+        self._stats_interval_s: int | None = None
+        self._no_device_logged = False
+        self._no_deflate_on_oom_logged = False
+        #: The manual target a dry run last reported as not applied.
+        self._dry_run_manual: int | None = None
+        self.link = link
+        link.on_event = self._on_event
+
+    def replace_link(self, link: GuestLink) -> None:
+        """Take a fresh link to the same guest (after a failure closed the last one)."""
+        self.link = link
+        link.on_event = self._on_event
+
+    def __repr__(self) -> str:
+        return f"<GuestController {self.name} {self.link.state.value} {self.intent.mode.value}>"
+
+    # --- intent, from commands and the supervisor -----------------------------------------
+    def wake(self) -> None:
+        """Make the loop run a cycle now instead of at the next interval."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current step and return (also ends a connect that
+        is still retrying)."""
+        self._stop_event.set()
+        self._wake.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop_event.is_set()
+
+    def set_intent(self, intent: Intent) -> None:
+        self.intent = intent
+        self.wake()
+
+    def set_timing(self, timing: Timing) -> None:
+        """New clock settings (reload) keeping the samples that still fit; the loop
+        re-applies the stats polling interval to QEMU at its next cycle."""
+        self.timing = timing
+        self.books.resize_history(timing.history_len)
+        self.wake()
+
+    def set_policy(self, name: str, policy_for: Callable[[int], ResolvedPolicy]) -> None:
+        """Switch policy (reload, or an operator's choice) without losing history."""
+        self.policy_name = name
+        self._policy_for = policy_for
+        self._policy = None
+        self.wake()
+
+    @property
+    def policy(self) -> ResolvedPolicy | None:
+        """The policy resolved against this guest's boot memory (None until connected)."""
+        if self._policy is None and self.link.boot_bytes is not None:
+            self._policy = self._policy_for(self.link.boot_bytes)
+        return self._policy
+
+    def stats_stale_s(self) -> int | None:
+        """Seconds since the guest's last new stats report, once that is long enough for
+        the engine to call its stats stale; None while stats flow (or before a connect)."""
+        if self.last_report_s is None:
+            return None
+        age_s = self._clock() - self.last_report_s
+        if age_s <= stale_after_s(self.timing.poll_interval_s):
+            return None
+        return int(age_s)
+
+    # The books, read-only from outside (status, metrics, MQTT, tests).
+    @property
+    def history(self) -> deque[GuestSample]:
+        return self.books.history
+
+    @property
+    def target_bytes(self) -> int | None:
+        return self.books.target_bytes
+
+    @property
+    def last_deflate_s(self) -> float | None:
+        return self.books.last_deflate_s
+
+    @property
+    def external_change_s(self) -> float | None:
+        return self.books.external_change_s
+
+    @property
+    def last_reason(self) -> Reason | None:
+        return self.books.last_reason
+
+    @property
+    def last_report_s(self) -> float | None:
+        return self.books.last_report_s
+
+    def view(self) -> GuestView | None:
+        """A frozen view of this guest for the engine and the host planner."""
+        return self.books.view(self.link.boot_bytes)
+
+    def reading(self) -> GuestReading:
+        """This guest's numbers now, for the metrics endpoint."""
+        last = self.history[-1] if self.history else None
+        stats = last.stats if last else None
+        link = self.link
+        return GuestReading(
+            state=link.state,
+            mode=self.intent.mode.value,
+            policy=self.policy_name,
+            boot_bytes=link.boot_bytes,
+            actual_bytes=last.actual_bytes if last else None,
+            target_bytes=self.target_bytes,
+            available_bytes=stats.available_bytes if stats else None,
+            stats_time=stats.last_update if stats and stats.last_update > 0 else None,
+            deflate_on_oom=link.deflate_on_oom,
+            free_page_reporting=link.free_page_reporting,
+            decisions=self.decisions,
+            errors_total=link.errors_total,
+            timeouts_total=link.timeouts_total,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """This guest's state for status tables, MQTT retained topics and scripts (bytes)."""
+        last = self.history[-1] if self.history else None
+        stats = last.stats if last else None
+        decision = self.last_decision
+        action = self.last_action
+        intent = self.intent
+        return {
+            "name": self.name,
+            "state": self.link.state.value,
+            "mode": intent.mode.value,
+            "policy": self.policy_name,
+            "boot_bytes": self.link.boot_bytes,
+            "actual_bytes": last.actual_bytes if last else None,
+            "target_bytes": self.target_bytes,
+            "available_bytes": stats.available_bytes if stats else None,
+            "manual_target_bytes": intent.manual_target_bytes,
+            "hold_until": intent.hold_until,
+            "host_cap_bytes": self.host_cap_bytes,
+            "stats_stale_s": self.stats_stale_s(),
+            "deflate_on_oom": self.link.deflate_on_oom,
+            "free_page_reporting": self.link.free_page_reporting,
+            "last_decision": (
+                {"reason": str(decision.reason), "explanation": decision.explanation}
+                if decision
+                else None
+            ),
+            "last_action": (
+                {k: action[k] for k in ("time", "actor", "old_bytes", "new_bytes", "reason")}
+                if action
+                else None
+            ),
+        }
+
+    def explain(self) -> Decision | None:
+        """What the engine would decide now, from the same pure function the loop uses."""
+        view, policy = self.view(), self.policy
+        if view is None or policy is None:
+            return None
+        return decide(
+            guest=view,
+            policy=policy,
+            host_cap_bytes=self.host_cap_bytes,
+            now_s=self._clock(),
+            poll_interval_s=self.timing.poll_interval_s,
+        )
+
+    # --- the loop -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, poll and act until :meth:`stop` is called."""
+        due_s = 0.0  # when the next regular cycle is due
+        try:
+            while not self._done():
+                if not self.link.state.connected:
+                    if not await self._connect():
+                        break
+                    # Guests connected together (start-up, a QEMU restart) would poll in
+                    # step, and the daemon and every QEMU would get their work in bursts:
+                    # after its first cycle, each guest keeps a phase of its own.
+                    due_s = self._clock() + random.uniform(0, self.timing.poll_interval_s)
+                if self.link.state is LinkState.NO_DEVICE:
+                    # A device can be hot-plugged: look again, through a fresh connect so
+                    # that a device found then gets the same set-up as at start.
+                    await self._sleep(self.timing.device_recheck_s)
+                    if self._done() or not await self._connect():
+                        break
+                    continue
+                if self._stats_interval_s != self._wanted_stats_interval_s():
+                    await self._guard(self._enable_stats())
+                started_s = self._clock()
+                await self._guard(self._cycle())
+                interval_s = self.timing.poll_interval_s
+                # A cycle less than half an interval early counts as the due one (timers
+                # fire a little early, and an event wake-up that close is as good). Then
+                # keep to the guest's grid: sleeping a whole interval after a late start
+                # would let every wake-up delay of a busy loop shift the guest later, until
+                # the guests the loop woke late poll together.
+                if started_s > due_s - interval_s / 2:
+                    due_s += (max(0.0, started_s - due_s) // interval_s + 1) * interval_s
+                await self._sleep(due_s - self._clock())
+        finally:
+            await self.link.close()
+
+    async def _connect(self) -> bool:
+        """Connect (retrying until :meth:`stop`) and set the guest up: the one path every
+        connect and reconnect takes, whatever the link found before.
+
+        A new connection may lead to a new QEMU, or to a balloon device that was not there
+        before, so: history cleared, policy resolved again against the boot memory read on
+        this connect, stats polling turned on. False once stopped.
+        """
+        ok = await self.link.connect_with_retry(
+            attempt_timeout_s=self.timing.connect_timeout_s, stop=self._stop_event
+        )
+        if not ok or self._done():
+            return False
+        self.books.connected(self._clock())
+        self._policy = None
+        self._stats_interval_s = None
+        if self.link.state is LinkState.NO_DEVICE:
+            if not self._no_device_logged:
+                self.log.warning(
+                    "no virtio-balloon device: left alone (looking again every %.0fs)",
+                    self.timing.device_recheck_s,
+                )
+                self._no_device_logged = True
+            return True
+        self._no_device_logged = False
+        if self.link.deflate_on_oom is False and not self._no_deflate_on_oom_logged:
+            # Stats come at most once a second: a surge that eats the guest's headroom
+            # faster than that is beyond any poll; with deflate-on-oom the guest itself
+            # takes pages back from the balloon first, and balloond respects that.
+            self.log.warning(
+                "deflate-on-oom is off on this balloon device: a surge faster than one "
+                "stats interval can OOM-kill a process in a squeezed guest "
+                "(-device virtio-balloon-pci,...,deflate-on-oom=on)"
+            )
+            self._no_deflate_on_oom_logged = True
+        await self._guard(self._enable_stats())
+        return True
+
+    def _wanted_stats_interval_s(self) -> int:
+        """QEMU's stats polling interval: whole seconds, at least 1."""
+        return max(1, round(self.timing.poll_interval_s))
+
+    async def _enable_stats(self) -> None:
+        interval = self._wanted_stats_interval_s()
+        await self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
+        self._stats_interval_s = interval
+
+    def _done(self) -> bool:
+        return self._stop_event.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self._done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _guard(self, step: Any) -> None:
+        """Run one step; link trouble is the link's state, not the loop's end."""
+        try:
+            await step
+        except LinkError as exc:
+            self.log.debug("cycle: %s", exc)
+        except NoBalloonError as exc:
+            self.log.warning("%s", exc)
+        except QMPCommandError as exc:
+            self.log.warning("QMP: %s", exc)
+
+    async def _cycle(self) -> None:
+        timeout = self.timing.qmp_timeout_s
+        stats = await self.link.read_stats(timeout_s=timeout)
+        actual = await self.link.current_actual(timeout_s=timeout)
+        now = self._clock()
+        sample = GuestSample(t_s=now, actual_bytes=actual, stats=stats if stats.valid else None)
+        move = self.books.record(sample)
+        if move is not None:
+            self._report_external(move, sample)
+        if self._done():
+            return  # shutting down: start no new balloon change
+        await self._act()
+
+    def _report_external(self, move: ExternalMove, sample: GuestSample) -> None:
+        """Say that a balloon move balloond did not make was accepted instead of fought: a
+        guest's deflate-on-oom (upwards: memory pressure, so the books also count it as a
+        deflate for the cooldown) or another QMP client."""
+        self.log.info(
+            "balloon moved to %s without balloond (target was %s): %s",
+            fmt_size(move.actual_bytes),
+            fmt_size(move.target_bytes),
+            "the guest deflated it" if move.grew else "changed by another client",
+        )
+        self._record(
+            actor="guest",
+            old=move.target_bytes,
+            new=move.actual_bytes,
+            reason="external-change",
+            explanation="balloon moved without balloond; accepted, backing off",
+            sample=sample,
+        )
+
+    async def _act(self) -> None:
+        intent = self.intent
+        expired = intent.hold_until is not None and self._wall() >= intent.hold_until
+        if intent.mode is Mode.MANUAL and expired:
+            self.log.info("manual hold expired: back to automatic")
+            self.intent = intent = Intent(policy_override=intent.policy_override)
+            if self._on_change is not None:
+                self._on_change(self, HoldExpired(self.name))
+        if intent.mode is Mode.PAUSED:
+            return
+        if intent.mode is Mode.MANUAL and intent.manual_target_bytes is not None:
+            wanted = intent.manual_target_bytes
+            if self.dry_run:
+                # Dry-run means no balloon moves, an operator's included: say once what
+                # would happen, as for the engine's decisions.
+                if self._dry_run_manual != wanted:
+                    self._dry_run_manual = wanted
+                    self.log.info("dry-run: would set %s for the operator", fmt_size(wanted))
+                    self._record(
+                        actor="operator",
+                        old=self.history[-1].actual_bytes,
+                        new=wanted,
+                        reason="manual",
+                        explanation=f"operator set {fmt_size(wanted)}; dry run: balloon left alone",
+                        sample=self.history[-1],
+                    )
+                return
+            if self.target_bytes != wanted:
+                await self._apply(
+                    wanted,
+                    reason="manual",
+                    explanation=f"operator set {fmt_size(wanted)}",
+                    actor="operator",
+                )
+            return
+        decision = self.explain()
+        if decision is None:
+            return
+        self.decisions[str(decision.reason)] += 1
+        previous, self.last_decision = self.last_decision, decision
+        if decision.target_bytes is None:
+            return
+        if self.dry_run:
+            if previous is None or previous.target_bytes != decision.target_bytes:
+                self.log.info("dry-run: would %s", decision.explanation)
+                self._record(
+                    actor="engine",
+                    old=self.history[-1].actual_bytes,
+                    new=decision.target_bytes,
+                    reason=str(decision.reason),
+                    explanation=decision.explanation,
+                    sample=self.history[-1],
+                )
+            return
+        await self._apply(
+            decision.target_bytes,
+            reason=str(decision.reason),
+            explanation=decision.explanation,
+            actor="engine",
+            engine_reason=decision.reason,
+        )
+
+    async def _apply(
+        self,
+        target: int,
+        *,
+        reason: str,
+        explanation: str,
+        actor: str,
+        engine_reason: Reason | None = None,
+    ) -> None:
+        old = self.history[-1].actual_bytes if self.history else None
+        await self.link.set_target(target, timeout_s=self.timing.qmp_timeout_s)
+        self.books.applied(target, now_s=self._clock(), reason=engine_reason)
+        self.log.info("%s -> %s (%s): %s", fmt_size(old), fmt_size(target), reason, explanation)
+        self._record(
+            actor=actor,
+            old=old,
+            new=target,
+            reason=reason,
+            explanation=explanation,
+            sample=self.history[-1] if self.history else None,
+        )
+
+    def _record(
+        self,
+        *,
+        actor: str,
+        old: int | None,
+        new: int,
+        reason: str,
+        explanation: str,
+        sample: GuestSample | None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "guest": self.name,
+            "actor": actor,
+            "old_bytes": old,
+            "new_bytes": new,
+            "reason": reason,
+            "explanation": explanation,
+            "policy": self.policy_name,
+            "dry_run": self.dry_run,
+            "stats": sample.stats.as_dict() if sample and sample.stats else None,
+            **self._bounds(actor),
+        }
+        self.last_action = self.audit.write(record)
+        if self._on_change is not None:
+            self._on_change(self, BalloonChange(self.name, self.last_action))
+
+    def _bounds(self, actor: str) -> dict[str, int | None]:
+        """The limits a target of ``actor`` had to keep, for the audit record: the engine's
+        floor (used + keep, or min_size) and max_size; an operator's min_size and max_size."""
+        policy = self.policy
+        if policy is None:
+            return {"floor_bytes": None, "max_bytes": None}
+        floor: int | None = policy.min_bytes
+        if actor == "engine" and self.last_decision is not None:
+            floor = self.last_decision.floor_bytes  # None where stats were lost
+        return {"floor_bytes": floor, "max_bytes": policy.max_bytes}
+
+    def _on_event(self, event: LinkEvent) -> None:
+        """A BALLOON_CHANGE that moves away from our target is the guest (or someone)
+        acting on its own, often under memory pressure: look at once, not next interval.
+        Progress towards our own target needs no extra cycle."""
+        if event.name != "BALLOON_CHANGE":
+            if event.name in ("SHUTDOWN", "RESET"):
+                self.wake()
+            return
+        actual = event.data.get("actual")
+        target = self.target_bytes
+        if not isinstance(actual, int) or target is None or not self.history:
+            return
+        if (
+            abs(actual - target)
+            > abs(self.history[-1].actual_bytes - target) + ACTUAL_TOLERANCE_BYTES
+        ):
+            self.wake()
