@@ -34,7 +34,15 @@ from testkit.sim.qmp_server import SimGuestSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "balloond.toml"
-CONTROLLERS = ("static", "mom", "proxmox", "balloond")
+CONTROLLERS = (
+    "static",
+    "free-page-reporting",
+    "mom",
+    "mom-upstream",
+    "proxmox",
+    "usable-band",
+    "balloond",
+)
 
 
 def small_scenario(seed: int) -> Scenario:
@@ -171,7 +179,7 @@ def test_simulate_prints_the_report_and_writes_the_chart(tmp_path: Path) -> None
     lines = done.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("controller"))
     assert "reclaimed GiB-h" in lines[header]
-    assert [lines[header + 2 + i].split()[0] for i in range(4)] == list(CONTROLLERS)
+    assert [lines[header + 2 + i].split()[0] for i in range(len(CONTROLLERS))] == list(CONTROLLERS)
     assert "no OOM kill" in done.stdout
     assert "bursty 1GiB (default), sawtooth 1GiB (default)" in done.stdout
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -35,8 +35,10 @@ from balloond.replay.report import (
     render_text,
     targets,
     text_table,
+    top_reclaimer_line,
     write_chart,
 )
+from balloond.replay.scoring import RunMetrics
 from balloond.runtime.config import Config, load_config
 
 EX_OK = 0
@@ -102,6 +104,11 @@ def _header(config_path: Path, config: Config, scenario: Scenario, host_given: b
     )
 
 
+def _top_lines(results: list[RunMetrics]) -> list[str]:
+    line = top_reclaimer_line(results, subject=SUBJECT)
+    return [] if line is None else [f"- {line}"]
+
+
 def _write(out: Path, scenario: Scenario, runs: list[RunResult], header: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     results = [r.metrics for r in runs]
@@ -113,6 +120,7 @@ def _write(out: Path, scenario: Scenario, runs: list[RunResult], header: str) ->
         markdown_table(results),
         "",
         *[f"- {t.line()}" for t in targets(results, subject=SUBJECT)],
+        *_top_lines(results),
         "",
         f"Per guest ({GUEST_CELLS}):",
         "",
@@ -184,6 +192,8 @@ def main(args: argparse.Namespace) -> int:
     print()
     for t in targets(results, subject=SUBJECT):
         print(t.line())
+    for line in _top_lines(results):
+        print(line.removeprefix("- "))
     print()
     print(f"per guest ({GUEST_CELLS}):")
     print(render_text(*guest_rows(runs)))

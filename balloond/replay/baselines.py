@@ -1,6 +1,9 @@
-"""What balloond is compared with: no ballooning, and two widely deployed controllers.
+"""What balloond is compared with: no ballooning, and the controllers users run today.
 
 * :class:`StaticController` never moves a balloon: every guest keeps its boot memory.
+* :class:`FreePageReportingController` never moves a balloon either, but the guests report
+  their free pages to the host (virtio-balloon free page reporting, the default of recent
+  libvirt, Nova and CloudStack): the host is charged each guest's size minus its MemFree.
 * :class:`MomController` follows oVirt MOM's default auto-balloon rules
   (``balloon.rules``): a policy cycle every 10 s on statistics sampled every 5 s and
   averaged over the last 10 samples (50 s). While host free memory is below 20% of host
@@ -9,7 +12,10 @@
   5%), by at most 5% of its size per cycle. Otherwise each guest grows by 5% per cycle,
   and at once to ``used + 20%`` of its maximum when it is below that. "Used" is
   ``actual - free``, with free as MOM reads it: the guest's MemFree (page cache counts as
-  used). Changes under 0.25% of the size are skipped.
+  used). Changes under 0.25% of the size are skipped. ``MomController(upstream=True)``
+  (``mom-upstream``) grows to ``used + 20%`` of the guest's *current* size, as oVirt/mom's
+  ``doc/balloon.rules`` does; the default variant uses the maximum, which gives MOM's
+  guests more room.
 * :class:`ProxmoxController` follows Proxmox VE's ``pvestatd`` auto-ballooning
   (``PVE::AutoBalloon::compute_alg1``): every 10 s, the goal is to bring host memory use to
   80% of host RAM. Above it, guests shrink toward an equal share (by ``shares``, all equal
@@ -17,6 +23,11 @@
   grow, guests short of free memory first. Each guest moves by at most 100 MiB per round;
   goals under 10 MiB are ignored. It never looks at what a guest needs beyond its
   configured minimum.
+* :class:`UsableBandController` is the small script many libvirt users run (for example
+  urbancompasspony/balloon, from cron every 15 s, or nefelim4ag/libvirt-autoballoon):
+  every 10 s, keep each guest's usable memory (``virsh dommemstat`` usable, MemAvailable)
+  between 25% and 35% of its current size by moving its balloon a fixed 64 MiB; it never
+  looks at the host.
 
 Both baselines get the same bounds as balloond's policy for each guest — its ``min_size``
 (oVirt's guaranteed memory, Proxmox's minimum memory) and ``max_size`` — so all controllers
@@ -46,6 +57,7 @@ class StaticController:
 
     name = "static"
     interval_s = 60.0
+    frees_pages = False
 
     def start(self, *, boot_bytes: Mapping[str, int]) -> None:
         pass
@@ -54,6 +66,13 @@ class StaticController:
         self, *, now_s: float, samples: Mapping[str, GuestSample], host: HostSnapshot
     ) -> Mapping[str, int]:
         return {}
+
+
+class FreePageReportingController(StaticController):
+    """No balloon moves; the guests hand their free pages back (see the module docstring)."""
+
+    name = "free-page-reporting"
+    frees_pages = True
 
 
 @dataclass(slots=True)
@@ -84,8 +103,14 @@ class MomController:
     MAX_CHANGE = 0.05
     MIN_CHANGE = 0.0025
 
-    def __init__(self, bounds: Bounds = boot_bounds) -> None:
+    frees_pages = False
+
+    def __init__(self, bounds: Bounds = boot_bounds, *, upstream: bool = False) -> None:
         self._bounds = bounds
+        #: Grow to used + 20% of the current size (upstream) rather than of the maximum.
+        self.upstream = upstream
+        if upstream:
+            self.name = "mom-upstream"
         self._guests: dict[str, _MomGuest] = {}
         self._host_free: deque[int] = deque(maxlen=self.SAMPLES)
         self._polls = 0
@@ -143,7 +168,8 @@ class MomController:
         if cur >= guest.max_bytes:
             return None
         size = min(cur * (1 + self.MAX_CHANGE), guest.max_bytes)
-        size = min(max(size, used + self.MIN_GUEST_FREE * guest.max_bytes), guest.max_bytes)
+        room = self.MIN_GUEST_FREE * (cur if self.upstream else guest.max_bytes)
+        size = min(max(size, used + room), guest.max_bytes)
         return int(size) if self._big_enough(cur, size) else None
 
     def _big_enough(self, cur: int, size: float) -> bool:
@@ -167,6 +193,7 @@ class ProxmoxController:
 
     name = "proxmox"
     interval_s = 10.0
+    frees_pages = False
     TARGET_USE = 0.80
     MAX_CHANGE_BYTES = 100 * MiB
     MIN_GOAL_BYTES = 10 * MiB
@@ -253,3 +280,37 @@ def _compute_alg1(
         if rest <= goal:
             _change(vms, res, rest, max_change)
     return res
+
+
+class UsableBandController:
+    """A host-blind band of usable memory, in fixed steps (see the module docstring)."""
+
+    name = "usable-band"
+    interval_s = 10.0
+    frees_pages = False
+    LOW_SHARE = 0.25
+    HIGH_SHARE = 0.35
+    STEP_BYTES = 64 * MiB
+
+    def __init__(self, bounds: Bounds = boot_bounds) -> None:
+        self._bounds = bounds
+        self._limits: dict[str, tuple[int, int]] = {}
+
+    def start(self, *, boot_bytes: Mapping[str, int]) -> None:
+        self._limits = {name: self._bounds(name, boot) for name, boot in boot_bytes.items()}
+
+    def poll(
+        self, *, now_s: float, samples: Mapping[str, GuestSample], host: HostSnapshot
+    ) -> Mapping[str, int]:
+        targets: dict[str, int] = {}
+        for name, sample in samples.items():
+            stats = sample.stats
+            if stats is None or stats.available_bytes is None:
+                continue
+            low, high = self._limits[name]
+            cur = sample.actual_bytes
+            if stats.available_bytes < self.LOW_SHARE * cur and cur < high:
+                targets[name] = min(cur + self.STEP_BYTES, high)
+            elif stats.available_bytes > self.HIGH_SHARE * cur and cur > low:
+                targets[name] = max(cur - self.STEP_BYTES, low)
+        return targets

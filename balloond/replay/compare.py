@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from balloond.replay.baselines import Bounds, MomController, ProxmoxController, StaticController
+from balloond.replay.baselines import (
+    Bounds,
+    FreePageReportingController,
+    MomController,
+    ProxmoxController,
+    StaticController,
+    UsableBandController,
+)
 from balloond.replay.engine import EngineController
 from balloond.replay.runner import Controller, RunResult, run
 from balloond.replay.scenario import Scenario
@@ -22,12 +29,16 @@ def policy_bounds(config: Config) -> Bounds:
 
 
 def standard_controllers(config: Config, *, name: str = "balloond") -> list[Controller]:
-    """The baselines (static, mom, proxmox) with the policy's bounds, then balloond."""
+    """The baselines with the policy's bounds, then balloond: static, free page reporting,
+    MOM (both grow rules), Proxmox, the usable-memory band."""
     bounds = policy_bounds(config)
     return [
         StaticController(),
+        FreePageReportingController(),
         MomController(bounds),
+        MomController(bounds, upstream=True),
         ProxmoxController(bounds),
+        UsableBandController(bounds),
         EngineController(config, name=name),
     ]
 

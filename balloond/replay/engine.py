@@ -37,6 +37,8 @@ class EngineController:
     """balloond's engine driven by a config: policies per guest from ``[assign]``, the host
     reserve from ``[host]``, the poll interval and history from ``[daemon]``."""
 
+    frees_pages = False
+
     def __init__(self, config: Config, *, name: str = "balloond") -> None:
         self.name = name
         self.config = config
@@ -89,6 +91,7 @@ class EngineController:
                 now_s=now_s,
                 poll_interval_s=self.interval_s,
             )
+            guest.books.decided(decision, policy=policy, now_s=now_s)
             guest.decisions[str(decision.reason)] += 1
             target = decision.target_bytes
             if target is None:

@@ -12,8 +12,12 @@ virtio_balloon driver:
   (QEMU 7.2 + Linux 6.1 under TCG: about 1.7 GiB/s inflating, faster deflating), in whole
   pages, and stalls ("out of puff") when the guest has nothing left to give; a value above
   RAM is clamped the way QEMU does.
-* The workload (a :class:`~balloond.replay.traces.Trace`) wants anonymous memory and page cache.
-  Cache shrinks when memory is tight, and what is missing of it refaults (major faults).
+* The workload (a :class:`~balloond.replay.traces.Trace`) wants anonymous memory and page
+  cache. Cache shrinks when memory is tight, cold pages first (the kernel's LRU keeps what
+  is touched). What is missing of the *hot* cache is read again at the workload's touch
+  rate: refaults, which are disk reads (the guest's block device counts them, as QEMU's
+  ``query-blockstats`` shows) and, for the share mapped into memory, major faults. A
+  stream reads new data on top, whatever the balloon does.
   When anonymous demand does not fit, the guest deflates the balloon itself if
   deflate-on-oom is on, otherwise the OOM killer ends a process: demand drops by its size
   (which comes back as the process restarts) and an OOM counter increments.
@@ -77,8 +81,13 @@ class GuestParams:
     #: Seconds for a killed process's memory to come back (it restarts and warms up).
     oom_restart_s: float = 60.0
     idle_minor_faults_per_s: float = 20.0
-    #: Fraction per second of the missing cache pages that are read again (refaults).
-    refault_fraction_per_s: float = 0.02
+    #: Share of the hot cache read each second, for a trace that does not say (refaults
+    #: are this share of the hot pages that are missing).
+    cache_touch_per_s: float = 0.02
+    #: Share of refaults that are page faults (files mapped into memory: binaries,
+    #: libraries, mmap'd databases); the rest are read() calls, which the guest's major
+    #: fault counter never sees.
+    mmap_fraction: float = 0.25
     #: Longest integration step; steps also end on trace points and stats reports.
     max_step_s: float = 1.0
 
@@ -87,6 +96,8 @@ class GuestParams:
             raise ValueError("ram_bytes must be a whole number of pages, at least 64 MiB")
         if self.inflate_bytes_per_s <= 0 or self.deflate_bytes_per_s <= 0:
             raise ValueError("balloon rates must be positive")
+        if not 0 <= self.mmap_fraction <= 1 or not 0 <= self.cache_touch_per_s <= 1:
+            raise ValueError("mmap_fraction and cache_touch_per_s must be in [0, 1]")
         if not 0 < self.oom_victim_fraction <= 1:
             raise ValueError("oom_victim_fraction must be in (0, 1]")
         if self.max_step_s <= 0 or self.oom_restart_s <= 0 or self.driver_load_s < 0:
@@ -150,6 +161,13 @@ class MemoryView:
     guest_deflated_bytes: int
     major_faults: int
     minor_faults: int
+    #: Hot cache pages read again after the guest had to drop them, since boot.
+    refaults: int
+    #: Bytes read from the guest's disk since boot: refaults and streamed data.
+    read_bytes: int
+    #: The part of the cache the workload keeps touching, and how much of it is resident.
+    hot_cache_demand_bytes: int
+    hot_cache_bytes: int
 
 
 def _page_floor(n: int) -> int:
@@ -192,6 +210,13 @@ class GuestModel:
         self._guest_deflated = 0
         self._minor = 0.0
         self._major = 0.0
+        self._refaults = 0.0
+        self._read_bytes = 0.0
+        self._touch_per_s = (
+            self.trace.cache_touch_per_s
+            if self.trace.cache_touch_per_s is not None
+            else params.cache_touch_per_s
+        )
         self._alloc_stalls = 0.0
         self._async_scans = 0.0
         self._direct_scans = 0.0
@@ -210,6 +235,7 @@ class GuestModel:
         anon, cache = (_page_floor(v) for v in self.trace.at(0.0))
         self._anon_demand = anon
         self._cache_demand = cache + p.file_working_set_bytes
+        self._hot_demand = _page_floor(self.trace.hot_at(0.0)) + p.file_working_set_bytes
         self._anon = min(anon, max(0, self._capacity))
         self._cache = min(self._cache_demand, max(0, self._capacity - self._anon))
         self._minor = self._anon / PAGE_BYTES
@@ -285,7 +311,21 @@ class GuestModel:
             guest_deflated_bytes=self._guest_deflated,
             major_faults=int(self._major),
             minor_faults=int(self._minor),
+            refaults=int(self._refaults),
+            read_bytes=int(self._read_bytes),
+            hot_cache_demand_bytes=self._hot_demand,
+            hot_cache_bytes=min(self._hot_demand, self._cache),
         )
+
+    @property
+    def free_bytes(self) -> int:
+        """The guest's free memory now (MemFree; what free page reporting hands back)."""
+        return self._free()
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read from the guest's disk since boot (what ``query-blockstats`` counts)."""
+        return int(self._read_bytes)
 
     # --- what QMP does -----------------------------------------------------------------
 
@@ -389,10 +429,13 @@ class GuestModel:
         self.t_s = t_new
         if self._killed > 0:
             self._killed = max(0.0, self._killed - self._killed_decay_bps * dt)
-        raw_anon, cache_want = (_page_floor(v) for v in self.trace.at(t_new - self.boot_t_s))
+        trace_t = t_new - self.boot_t_s
+        raw_anon, cache_want = (_page_floor(v) for v in self.trace.at(trace_t))
         cache_want += p.file_working_set_bytes
+        hot_want = _page_floor(self.trace.hot_at(trace_t)) + p.file_working_set_bytes
         self._anon_demand = raw_anon
         self._cache_demand = cache_want
+        self._hot_demand = hot_want
         anon = max(0, raw_anon - _page_floor(int(self._killed)))
         driver = self._driver is DriverState.LOADED
 
@@ -443,9 +486,14 @@ class GuestModel:
                 self._async_scans += 2 * pages
                 self._async_reclaims += pages
         self._cache = cache
-        missing = cache_want - cache
-        if missing > 0:
-            self._major += missing / PAGE_BYTES * p.refault_fraction_per_s * dt
+        # The LRU keeps the hot pages: only the hot cache that does not fit refaults.
+        missing_hot = hot_want - min(hot_want, cache)
+        if missing_hot > 0:
+            pages = missing_hot / PAGE_BYTES * self._touch_per_s * dt
+            self._refaults += pages
+            self._major += pages * p.mmap_fraction
+            self._read_bytes += pages * PAGE_BYTES
+        self._read_bytes += self.trace.read_bytes_per_s * dt
 
     def _total(self) -> int:
         p = self.params

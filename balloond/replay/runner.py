@@ -28,6 +28,9 @@ class Controller(Protocol):
     name: str
     #: Seconds between two calls of :meth:`poll`.
     interval_s: float
+    #: The guests report free pages to the host (free page reporting): the host is
+    #: charged each guest's size minus its free memory.
+    frees_pages: bool
 
     def start(self, *, boot_bytes: Mapping[str, int]) -> None:
         """Called once before the first poll with every guest's RAM at boot."""
@@ -67,7 +70,8 @@ def run(scenario: Scenario, controller: Controller) -> RunResult:
     tick_s = scenario.tick_s
     n_ticks = max(1, round(scenario.duration_s / tick_s))
     poll_every = max(1, round(controller.interval_s / tick_s))
-    metrics = MetricsRecorder(models, tick_s=tick_s)
+    frees_pages = controller.frees_pages
+    metrics = MetricsRecorder(models, tick_s=tick_s, frees_pages=frees_pages)
     asked: dict[str, int] = {}
     by_name = dict(zip(names, models, strict=True))
     controller.start(boot_bytes={g.name: g.ram_bytes for g in scenario.guests})
@@ -76,13 +80,15 @@ def run(scenario: Scenario, controller: Controller) -> RunResult:
         t_s = i * tick_s
         for model in models:
             model.advance_to(t_s)
-        free = host_spec.free_bytes(sum(m.actual_bytes for m in models), len(models))
+        charged = sum(m.actual_bytes - (m.free_bytes if frees_pages else 0) for m in models)
+        free = host_spec.free_bytes(charged, len(models))
         if i % poll_every == 0:
             samples = {
                 name: GuestSample(
                     t_s=t_s,
                     actual_bytes=model.actual_bytes,
                     stats=model.stats if model.stats.valid else None,
+                    read_bytes=model.read_bytes,
                 )
                 for name, model in by_name.items()
             }

@@ -20,8 +20,11 @@ what the controller saw. The definitions, which the report repeats:
   ended) is *unanswered*. Resolution: one tick.
 * **Host over-committed seconds**: time during which the guests' sizes plus overheads
   exceed host RAM (where a real host swaps or kills a QEMU).
-* **Major faults**: page-cache refaults in the guests (memory squeezed out of their cache
-  that they read back).
+* **Refaults**: pages of the guests' hot page cache squeezed out and read back from disk
+  (what ``workingset_refault_file`` counts in a Linux guest), in pages of 4 KiB. Cold cache
+  (a file streamed once) costs nothing when dropped, and counts nothing here.
+* **Reclaimed** under free page reporting: the host gets back each guest's free memory
+  (MemFree) without a balloon, so a guest's reclaim there is ``boot - actual + free``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class GuestMetrics:
     pressure_s: float
     oom_kills: int
     major_faults: int
+    refaults: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +86,7 @@ class RunMetrics:
     reaction_p95_s: float | None
     host_over_s: float
     major_faults: int
+    refaults: int
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -125,8 +130,11 @@ class _Books:
 class MetricsRecorder:
     """Accumulates :class:`RunMetrics` as a run advances; call :meth:`tick` once per tick."""
 
-    def __init__(self, models: Sequence[GuestModel], *, tick_s: float) -> None:
+    def __init__(
+        self, models: Sequence[GuestModel], *, tick_s: float, frees_pages: bool = False
+    ) -> None:
         self._models = list(models)
+        self._frees_pages = frees_pages
         self._books = [_Books(m.params.ram_bytes) for m in self._models]
         self._tick_s = tick_s
         self._reclaimed_byte_s = 0.0
@@ -146,8 +154,9 @@ class MetricsRecorder:
         for model, books in zip(self._models, self._books, strict=True):
             view = model.view()
             actual = view.actual_bytes
-            reclaimed += books.ram - actual
-            books.reclaimed_byte_ticks += books.ram - actual
+            given = books.ram - actual + (view.free_bytes if self._frees_pages else 0)
+            reclaimed += given
+            books.reclaimed_byte_ticks += given
             available = view.available_bytes
             if available < books.pressure_below:
                 pressured += 1
@@ -200,6 +209,7 @@ class MetricsRecorder:
                 pressure_s=books.pressure_ticks * self._tick_s,
                 oom_kills=model.oom_kills,
                 major_faults=model.view().major_faults,
+                refaults=model.view().refaults,
             )
             for name, model, books in zip(names, self._models, self._books, strict=True)
         )
@@ -222,4 +232,5 @@ class MetricsRecorder:
             reaction_p95_s=percentile(self._reactions, 0.95),
             host_over_s=self._host_over_ticks * self._tick_s,
             major_faults=sum(m.view().major_faults for m in self._models),
+            refaults=sum(m.view().refaults for m in self._models),
         )

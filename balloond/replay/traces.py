@@ -5,8 +5,16 @@ sampled at time points and linearly interpolated between them:
 
 * ``anon_bytes``: anonymous memory the programs want resident (heaps, stacks). With no swap
   it cannot be reclaimed; if it does not fit, the guest's OOM killer ends a process.
-* ``cache_bytes``: page cache the programs would like to keep (the file working set). It is
-  reclaimable: the guest shrinks it when memory is tight, and pays in major faults.
+* ``cache_bytes``: page cache the programs would like to keep. It is reclaimable: the guest
+  shrinks it when memory is tight.
+* ``hot_cache_bytes`` (optional, at most ``cache_bytes``; all of it when absent): the part
+  of that cache the workload keeps touching, its file working set. Squeezed out, it is read
+  again from disk (refaults); the rest (a file streamed once, old logs) costs nothing to drop.
+
+Two rates belong to the whole trace: ``cache_touch_per_s``, the share of the hot cache the
+workload reads each second (a database touches its buffer often, a build server its headers
+now and then), and ``read_bytes_per_s``, new data read from disk each second whatever the
+balloon does (a stream).
 
 Traces are plain data, so the QMP server (wall-clock time) and an offline simulator (virtual
 time) replay the same workload.
@@ -23,9 +31,12 @@ JSON format (``balloond-trace/1``)::
                                            #   trace starts over (period = last t_s); without
                                            #   repeat the last values hold forever
       "start_s": 0,                        # optional: the guest boots this far into the trace
+      "cache_touch_per_s": 0.02,           # optional: share of the hot cache read per second
+      "read_bytes_per_s": 0,               # optional: new data read from disk per second
       "points": [                          # t_s strictly increasing, the first one 0
         {"t_s": 0, "anon_bytes": 268435456, "cache_bytes": 134217728},
-        {"t_s": 30.5, "anon_bytes": "512MiB", "cache_bytes": "64MiB"}
+        {"t_s": 30.5, "anon_bytes": "512MiB", "cache_bytes": "64MiB",
+         "hot_cache_bytes": "16MiB"}
       ]
     }
 
@@ -65,6 +76,12 @@ class Trace:
     times_s: tuple[float, ...]
     anon_bytes: tuple[int, ...]
     cache_bytes: tuple[int, ...]
+    #: The part of the cache the workload keeps touching; None: all of it.
+    hot_cache_bytes: tuple[int, ...] | None = None
+    #: Share of the hot cache read each second; None: the guest model's default.
+    cache_touch_per_s: float | None = None
+    #: New data read from disk each second, whatever the balloon does (a stream).
+    read_bytes_per_s: int = 0
     repeat: bool = False
     name: str = ""
     description: str = ""
@@ -84,6 +101,18 @@ class Trace:
                 raise ValueError(f"trace times must increase strictly ({a} then {b})")
         if any(v < 0 for v in self.anon_bytes) or any(v < 0 for v in self.cache_bytes):
             raise ValueError("trace amounts must not be negative")
+        if self.hot_cache_bytes is not None:
+            if len(self.hot_cache_bytes) != n:
+                raise ValueError("hot_cache_bytes needs one value per point")
+            pairs = zip(self.hot_cache_bytes, self.cache_bytes, strict=True)
+            for i, (hot, cache) in enumerate(pairs):
+                if not 0 <= hot <= cache:
+                    raise ValueError(f"points[{i}]: hot_cache_bytes must be 0..cache_bytes")
+        touch = self.cache_touch_per_s
+        if touch is not None and not (math.isfinite(touch) and 0 <= touch <= 1):
+            raise ValueError("cache_touch_per_s must be between 0 and 1")
+        if self.read_bytes_per_s < 0:
+            raise ValueError("read_bytes_per_s must not be negative")
         if any(not math.isfinite(t) for t in self.times_s):
             raise ValueError("trace times must be finite")
         object.__setattr__(self, "_period_s", self.times_s[-1])
@@ -112,6 +141,18 @@ class Trace:
         anon = self.anon_bytes[i] + (self.anon_bytes[i + 1] - self.anon_bytes[i]) * f
         cache = self.cache_bytes[i] + (self.cache_bytes[i + 1] - self.cache_bytes[i]) * f
         return int(anon), int(cache)
+
+    def hot_at(self, t_s: float) -> int:
+        """The hot part of the cache wanted at ``t_s`` (all of it for a trace without)."""
+        hot = self.hot_cache_bytes
+        if hot is None:
+            return self.at(t_s)[1]
+        x = self._local(t_s)
+        i = bisect.bisect_right(self.times_s, x) - 1
+        if i >= len(self.times_s) - 1:
+            return hot[-1]
+        t0, t1 = self.times_s[i], self.times_s[i + 1]
+        return int(hot[i] + (hot[i + 1] - hot[i]) * (x - t0) / (t1 - t0))
 
     def next_point_after(self, t_s: float) -> float | None:
         """The first time strictly after ``t_s`` at which a point lies, or None.
@@ -142,10 +183,13 @@ class Trace:
         if self.ram_bytes is None or self.ram_bytes == ram_bytes:
             return self
         f = ram_bytes / self.ram_bytes
+        hot = self.hot_cache_bytes
         return _replace(
             self,
             anon_bytes=tuple(int(v * f) for v in self.anon_bytes),
             cache_bytes=tuple(int(v * f) for v in self.cache_bytes),
+            hot_cache_bytes=None if hot is None else tuple(int(v * f) for v in hot),
+            read_bytes_per_s=int(self.read_bytes_per_s * f),
             ram_bytes=ram_bytes,
         )
 
@@ -177,10 +221,18 @@ class Trace:
         doc["repeat"] = self.repeat
         if self.start_s:
             doc["start_s"] = self.start_s
-        doc["points"] = [
+        if self.cache_touch_per_s is not None:
+            doc["cache_touch_per_s"] = self.cache_touch_per_s
+        if self.read_bytes_per_s:
+            doc["read_bytes_per_s"] = self.read_bytes_per_s
+        points: list[dict[str, Any]] = [
             {"t_s": _num(t), "anon_bytes": a, "cache_bytes": c}
             for t, a, c in zip(self.times_s, self.anon_bytes, self.cache_bytes, strict=True)
         ]
+        if self.hot_cache_bytes is not None:
+            for point, hot in zip(points, self.hot_cache_bytes, strict=True):
+                point["hot_cache_bytes"] = hot
+        doc["points"] = points
         return doc
 
     @classmethod
@@ -197,6 +249,7 @@ class Trace:
         times: list[float] = []
         anon: list[int] = []
         cache: list[int] = []
+        hot: list[int] = []
         for i, p in enumerate(points):
             if not isinstance(p, Mapping):
                 raise ValueError(f"points[{i}] is not an object")
@@ -206,6 +259,14 @@ class Trace:
             times.append(float(t))
             anon.append(_amount(p.get("anon_bytes", 0), f"points[{i}].anon_bytes"))
             cache.append(_amount(p.get("cache_bytes", 0), f"points[{i}].cache_bytes"))
+            if "hot_cache_bytes" in p:
+                hot.append(_amount(p["hot_cache_bytes"], f"points[{i}].hot_cache_bytes"))
+        if hot and len(hot) != len(points):
+            raise ValueError("hot_cache_bytes must be given on every point or on none")
+        touch = doc.get("cache_touch_per_s")
+        if touch is not None and (not isinstance(touch, int | float) or isinstance(touch, bool)):
+            raise ValueError("'cache_touch_per_s' must be a number")
+        reads = _amount(doc.get("read_bytes_per_s", 0), "read_bytes_per_s")
         ram = doc.get("ram_bytes")
         repeat = doc.get("repeat", False)
         if not isinstance(repeat, bool):
@@ -217,6 +278,9 @@ class Trace:
             times_s=tuple(times),
             anon_bytes=tuple(anon),
             cache_bytes=tuple(cache),
+            hot_cache_bytes=tuple(hot) if hot else None,
+            cache_touch_per_s=None if touch is None else float(touch),
+            read_bytes_per_s=reads,
             repeat=repeat,
             name=str(doc.get("name", "")),
             description=str(doc.get("description", "")),
@@ -251,6 +315,9 @@ def _replace(trace: Trace, **changes: Any) -> Trace:
         "times_s": trace.times_s,
         "anon_bytes": trace.anon_bytes,
         "cache_bytes": trace.cache_bytes,
+        "hot_cache_bytes": trace.hot_cache_bytes,
+        "cache_touch_per_s": trace.cache_touch_per_s,
+        "read_bytes_per_s": trace.read_bytes_per_s,
         "repeat": trace.repeat,
         "name": trace.name,
         "description": trace.description,
@@ -288,11 +355,21 @@ def _build(
     pts: list[tuple[float, float, float]],
     repeat: bool,
     description: str,
+    hot: list[float] | None = None,
+    touch_per_s: float | None = None,
+    read_frac_per_s: float = 0.0,
 ) -> Trace:
     return Trace(
         times_s=tuple(round(t, 3) for t, _, _ in pts),
         anon_bytes=tuple(int(a * ram_bytes) for _, a, _ in pts),
         cache_bytes=tuple(int(c * ram_bytes) for _, _, c in pts),
+        hot_cache_bytes=(
+            None
+            if hot is None
+            else tuple(int(min(h, c) * ram_bytes) for h, (_, _, c) in zip(hot, pts, strict=True))
+        ),
+        cache_touch_per_s=touch_per_s,
+        read_bytes_per_s=int(read_frac_per_s * ram_bytes),
         repeat=repeat,
         name=name,
         description=description,
@@ -423,6 +500,114 @@ def sawtooth(
     return _build("sawtooth", ram_bytes, pts=pts, repeat=True, description="leak, then restart")
 
 
+def database(
+    ram_bytes: int,
+    *,
+    period_s: float = 3_600.0,
+    anon_frac: float = 0.15,
+    cache_frac: float = 0.6,
+    hot_frac: float = 0.5,
+    touch_per_s: float = 0.05,
+) -> Trace:
+    """A database whose buffer is the page cache: most of the cache is hot and read all the
+    time; squeezing it sends the queries to disk. Its working set swells in busy hours."""
+    pts = [
+        (0, anon_frac, cache_frac),
+        (period_s * 0.4, anon_frac, cache_frac),
+        (period_s * 0.5, anon_frac + 0.05, cache_frac + 0.1),
+        (period_s * 0.8, anon_frac + 0.05, cache_frac + 0.1),
+        (period_s, anon_frac, cache_frac),
+    ]
+    hot = [hot_frac, hot_frac, hot_frac + 0.1, hot_frac + 0.1, hot_frac]
+    return _build(
+        "database",
+        ram_bytes,
+        pts=pts,
+        hot=hot,
+        touch_per_s=touch_per_s,
+        repeat=True,
+        description="page-cache buffer, mostly hot",
+    )
+
+
+def build_server(
+    ram_bytes: int,
+    *,
+    period_s: float = 1_800.0,
+    build_s: float = 600.0,
+    idle_anon_frac: float = 0.1,
+    build_anon_frac: float = 0.45,
+    cache_frac: float = 0.45,
+    build_hot_frac: float = 0.3,
+    idle_hot_frac: float = 0.03,
+    touch_per_s: float = 0.02,
+) -> Trace:
+    """A CI builder: a build every period (compilers in anon memory, headers and sources hot
+    in the cache), idle in between with its tree still cached but cold."""
+    rise = 20.0
+    pts = [
+        (0, idle_anon_frac, cache_frac),
+        (rise, build_anon_frac, cache_frac),
+        (build_s - rise, build_anon_frac, cache_frac),
+        (build_s, idle_anon_frac, cache_frac),
+        (period_s, idle_anon_frac, cache_frac),
+    ]
+    hot = [build_hot_frac, build_hot_frac, build_hot_frac, idle_hot_frac, idle_hot_frac]
+    return _build(
+        "build-server",
+        ram_bytes,
+        pts=pts,
+        hot=hot,
+        touch_per_s=touch_per_s,
+        repeat=True,
+        description="periodic builds, hot headers while building",
+    )
+
+
+def file_server(
+    ram_bytes: int,
+    *,
+    anon_frac: float = 0.1,
+    cache_frac: float = 0.8,
+    hot_frac: float = 0.25,
+    touch_per_s: float = 0.01,
+    read_frac_per_s: float = 0.0005,
+) -> Trace:
+    """A file server: a cache that would fill the guest, of which the popular files are hot
+    (each read every minute or two); requests for other files read new data all the time."""
+    return _build(
+        "file-server",
+        ram_bytes,
+        pts=[(0, anon_frac, cache_frac)],
+        hot=[hot_frac],
+        touch_per_s=touch_per_s,
+        read_frac_per_s=read_frac_per_s,
+        repeat=False,
+        description="big cache, popular files hot",
+    )
+
+
+def stream_once(
+    ram_bytes: int,
+    *,
+    anon_frac: float = 0.1,
+    cache_frac: float = 0.8,
+    hot_frac: float = 0.02,
+    read_frac_per_s: float = 0.002,
+) -> Trace:
+    """A guest that streams files once and never again (backups, media, log shipping): the
+    cache fills with data nobody reads twice. Reclaiming it costs nothing."""
+    return _build(
+        "stream-once",
+        ram_bytes,
+        pts=[(0, anon_frac, cache_frac)],
+        hot=[hot_frac],
+        read_frac_per_s=read_frac_per_s,
+        repeat=False,
+        description="cache full of data read once",
+    )
+
+
 GENERATORS: dict[str, Callable[..., Trace]] = {
     "idle": idle,
     "diurnal": diurnal,
@@ -430,6 +615,10 @@ GENERATORS: dict[str, Callable[..., Trace]] = {
     "ramp": ramp,
     "cache-heavy": cache_heavy,
     "sawtooth": sawtooth,
+    "database": database,
+    "build-server": build_server,
+    "file-server": file_server,
+    "stream-once": stream_once,
 }
 
 
@@ -458,7 +647,7 @@ def by_name(spec: str, *, ram_bytes: int, seed: int = 0) -> Trace:
 
 
 def write_examples(directory: Path = EXAMPLES_DIR, *, ram_bytes: int = 1024 * MiB) -> None:
-    """Regenerate the example JSON traces shipped in ``balloond/sim/traces/``."""
+    """Regenerate the example JSON traces shipped in ``balloond/replay/examples/``."""
     directory.mkdir(parents=True, exist_ok=True)
     bursty(ram_bytes, duration_s=900.0, mean_gap_s=120.0, seed=1).dump(directory / "bursty.json")
     diurnal(ram_bytes, steps=24).dump(directory / "diurnal.json")
