@@ -10,13 +10,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Commands the lab and the tests need, and the Debian package that brings each.
 SYSTEM_CMDS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mosquitto:mosquitto \
                mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc systemd-analyze:systemd \
-               stress-ng:stress-ng
+               stress-ng:stress-ng mkfs.ext4:e2fsprogs
 DURATION ?= 60
 # make soak: how long the soak runs, in minutes.
 MINUTES ?= 10
 
-.PHONY: help system venv image demo test test-fast test-stress soak lint bench bench-quick clean \
-        distclean
+.PHONY: help system venv image demo test test-fast test-stress soak lint bench bench-quick \
+        bench-guests clean distclean
 
 help:
 	@echo "make demo    run balloond against three real lab guests (ends by itself, DURATION=$(DURATION)s)"
@@ -25,6 +25,7 @@ help:
 	@echo "make soak    the daemon under injected faults for MINUTES=$(MINUTES) min -> a table"
 	@echo "make lint    ruff, mypy (strict) and the import contracts (import-linter)"
 	@echo "make bench   scale and policy-quality benchmarks -> benchmarks/RESULTS.md"
+	@echo "make bench-guests  page cache and surges on real lab guests (about 30 min)"
 	@echo "make clean   remove caches; distclean also removes .venv and the lab image"
 
 # --- system packages -------------------------------------------------------------------
@@ -87,6 +88,11 @@ bench: venv
 
 bench-quick: venv
 	$(PY) -m benchmarks.run --quick
+
+# Real lab guests (page cache, surges): too long for every `make bench`; RESULTS.md keeps
+# the latest as its "Real guests" section.
+bench-guests: image
+	$(PY) -m benchmarks.guests
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

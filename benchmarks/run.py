@@ -27,18 +27,26 @@ from benchmarks import scale
 
 OUT_DIR = Path(__file__).resolve().parent
 REPORT = OUT_DIR / "RESULTS.md"
-#: The Reliability section, written by the 10-minute soak (``make soak``), which takes too
-#: long to run with every benchmark; RESULTS.md carries the latest one.
+#: Sections written by runs too long for every ``make bench``, which RESULTS.md carries
+#: from one report to the next: the real-guest measurements (``make bench-guests``) and
+#: the 10-minute soak (``make soak``).
+GUESTS = OUT_DIR / "guests.md"
+GUESTS_HEADING = "## Real guests"
 RELIABILITY = OUT_DIR / "reliability.md"
 RELIABILITY_HEADING = "## Reliability"
+CARRIED = ((GUESTS_HEADING, GUESTS), (RELIABILITY_HEADING, RELIABILITY))
 
 
-def with_reliability(report: str) -> str:
-    """``report`` with its Reliability section replaced by :data:`RELIABILITY`'s text."""
-    head = report.split(f"\n{RELIABILITY_HEADING}\n", 1)[0].rstrip() + "\n"
-    if not RELIABILITY.exists():
-        return head
-    return head + "\n" + RELIABILITY.read_text(encoding="utf-8").rstrip() + "\n"
+def with_carried(report: str) -> str:
+    """``report`` with its carried sections replaced by the latest text of each."""
+    head = report
+    for heading, _ in CARRIED:
+        head = head.split(f"\n{heading}\n", 1)[0]
+    out = head.rstrip() + "\n"
+    for _, path in CARRIED:
+        if path.exists():
+            out += "\n" + path.read_text(encoding="utf-8").rstrip() + "\n"
+    return out
 
 
 def _progress(started: float) -> Callable[[str], None]:
@@ -131,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     body = [text.rstrip() + "\n" for text, _ in results]
     report = "\n".join(head) + "\n" + "\n".join(body)
-    REPORT.write_text(with_reliability(report), encoding="utf-8")
+    REPORT.write_text(with_carried(report), encoding="utf-8")
     say(f"wrote {REPORT} in {elapsed:.0f}s")
     return 0 if all(ok for _, ok in results) else 1
 

@@ -71,6 +71,9 @@ class ModelLink:
     async def current_actual(self, *, timeout_s: float) -> int:
         return self.model.actual_bytes
 
+    async def read_io_bytes(self, *, timeout_s: float) -> int | None:
+        return self.model.read_bytes
+
     async def set_target(self, target_bytes: int, *, timeout_s: float) -> None:
         self.targets.append(target_bytes)
         self.model.set_target(target_bytes)
@@ -83,13 +86,15 @@ def _model(trace: Trace) -> GuestModel:
 
 
 async def test_the_daemon_and_the_replay_decide_alike_on_the_same_guest() -> None:
-    """The same guest (idle, then a surge, then calm), polled once a second for five
-    minutes by a GuestController and by the replay's EngineController: the same targets at
-    the same moments, the same reasons."""
+    """The same guest (a hot page cache, then a surge, then calm), polled once a second for
+    five minutes by a GuestController and by the replay's EngineController: the same
+    targets at the same moments, the same reasons, the working-set signal included."""
     trace = Trace(
         times_s=(0.0, 100.0, 103.0, 180.0, 190.0),
         anon_bytes=tuple(int(RAM * share) for share in (0.1, 0.1, 0.55, 0.55, 0.15)),
-        cache_bytes=(int(RAM * 0.05),) * 5,
+        cache_bytes=(int(RAM * 0.5),) * 5,
+        hot_cache_bytes=(int(RAM * 0.4),) * 5,
+        cache_touch_per_s=0.05,
     )  # fmt: skip
     config = parse_config({"metrics": {"enabled": False}})
     daemon_model, replay_model = _model(trace), _model(trace)
@@ -122,7 +127,10 @@ async def test_the_daemon_and_the_replay_decide_alike_on_the_same_guest() -> Non
         daemon_moves += [(now, t) for t in link.targets[sent:]]
         stats = replay_model.stats
         sample = GuestSample(
-            t_s=now, actual_bytes=replay_model.actual_bytes, stats=stats if stats.valid else None
+            t_s=now,
+            actual_bytes=replay_model.actual_bytes,
+            stats=stats if stats.valid else None,
+            read_bytes=replay_model.read_bytes,
         )
         for target in replay.poll(now_s=now, samples={"g": sample}, host=ROOMY_HOST).values():
             replay_model.set_target(target)
@@ -131,3 +139,4 @@ async def test_the_daemon_and_the_replay_decide_alike_on_the_same_guest() -> Non
     assert len(daemon_moves) >= 3, "the trace should make the engine inflate and deflate"
     assert any(t > before for (_, before), (_, t) in itertools.pairwise(daemon_moves))
     assert Counter(ctrl.decisions) == replay.decisions
+    assert ctrl.decisions["working-set"] > 0, ctrl.decisions

@@ -22,6 +22,7 @@ from balloond.core.policy import (
     observe,
     plan_host,
 )
+from balloond.core.policy.engine import inflate_block, keep_for, working_set_signal
 from balloond.core.policy.observe import Observation
 from balloond.core.stats import BalloonStats, GuestSample, HostSnapshot
 from balloond.core.units import GiB, MiB
@@ -33,8 +34,11 @@ POLL_S = 1.0
 
 def policy(*, boot: int = BOOT, **knobs: object) -> ResolvedPolicy:
     # The numbers in these tests are worked out for a 15%..30% band; they test the
-    # engine's arithmetic, not the shipped defaults.
+    # engine's arithmetic, not the shipped defaults. The working-set signal and the surge
+    # reserve are off unless a test turns them on (they have tests of their own).
     knobs.setdefault("free_high", "30%")
+    knobs.setdefault("refault_threshold", "0MiB")
+    knobs.setdefault("surge_reserve_max", "0MiB")
     return Policy.model_validate(knobs).resolve(boot, name="test")
 
 
@@ -539,6 +543,8 @@ def pair(
     name: str, actual: int, available: int, **knobs: object
 ) -> tuple[GuestView, ResolvedPolicy]:
     g = GuestView(name=name, boot_bytes=BOOT, history=steady(actual, available))
+    knobs.setdefault("refault_threshold", "0MiB")
+    knobs.setdefault("surge_reserve_max", "0MiB")
     return g, Policy.model_validate(knobs).resolve(BOOT, name="test")
 
 
@@ -654,6 +660,11 @@ def policies(draw: st.DrawFn, boot: int) -> ResolvedPolicy:
         "external_backoff_s": rnd.choice([0, 300]),
         "weight": rnd.randint(1, 10000),
         "reclaim": draw(RECLAIMS),
+        "refault_threshold": rnd.choice(["0MiB", "1MiB", "8MiB"]),
+        "refault_window_s": rnd.choice([10, 60]),
+        "working_set_halflife_s": rnd.choice([60, 1800]),
+        "surge_reserve_max": rnd.choice(["0MiB", "10%", "25%"]),
+        "surge_halflife_s": rnd.choice([60, 600]),
     }
     return Policy.model_validate(knobs).resolve(boot, name="p")
 
@@ -683,8 +694,11 @@ def histories(draw: st.DrawFn, boot: int, *, fresh: bool = False) -> tuple[Guest
     sizes.reverse()
     t, last_update = 100.0, 5000
     counters = {"swap_in_bytes": 0, "major_faults": 0, "oom_kills": 0, "alloc_stalls": 0}
+    reads: int | None = None if rnd.random() < 0.3 else rnd.randint(0, GiB)
     out = []
     for a, v in sizes:
+        if reads is not None:
+            reads += rnd.choice((0, 0, 64 * 1024, 4 * MiB, 64 * MiB))
         t += 1.0 if fresh else rnd.uniform(0.2, 2.0)
         last_update += 1 if fresh or rnd.random() < 0.8 else 0
         for key in counters:
@@ -700,7 +714,7 @@ def histories(draw: st.DrawFn, boot: int, *, fresh: bool = False) -> tuple[Guest
                 **counters,
             )
         )
-        out.append(GuestSample(t_s=t, actual_bytes=a * MiB, stats=stats))
+        out.append(GuestSample(t_s=t, actual_bytes=a * MiB, stats=stats, read_bytes=reads))
     return tuple(out)
 
 
@@ -725,6 +739,13 @@ def situations(
         last_deflate_s=maybe_time(),
         external_change_s=maybe_time(),
         last_reason=draw(REASONS),
+        last_report_s=maybe_time(),
+        last_inflate_s=maybe_time(),
+        io_baseline_bps=rnd.choice((None, 0.0, 100_000.0, 8.0 * MiB)),
+        working_set_bytes=rnd.randint(0, boot // MiB) * MiB,
+        working_set_s=maybe_time(),
+        surge_bps=rnd.choice((0.0, 10.0 * MiB, 500.0 * MiB)),
+        surge_s=maybe_time(),
     )
     cap = None if rnd.random() < 0.4 else rnd.randint(0, boot)
     now = last_t + (0.1 if fresh or rnd.random() < 0.8 else rnd.uniform(0.0, 10.0))
@@ -756,6 +777,18 @@ def test_every_decision_keeps_the_invariants(
     ):
         assert d.target_bytes is not None, d.explanation
         assert d.target_bytes > current
+    # The floor never leaves less than free_low available (unless max_size is lower).
+    if d.floor_bytes is not None and d.used_bytes is not None:
+        assert d.floor_bytes >= min(d.used_bytes + pol.free_low_bytes, pol.max_bytes)
+    # No inflate while the working-set signal is high, or before the guest's own reads
+    # are measured.
+    obs = observe(guest=guest, now_s=now, poll_interval_s=1.0)
+    held = isinstance(obs, Observation) and (
+        working_set_signal(guest=guest, policy=pol, obs=obs, now_s=now) is not None
+        or (pol.refault_threshold_bps > 0 and guest.io_baseline_bps is None)
+    )
+    if held and pol.reclaim is not Reclaim.OFF:
+        assert d.target_bytes is None or d.target_bytes > current, d.explanation
     if d.target_bytes is None:
         return
     target = d.target_bytes
@@ -830,18 +863,16 @@ def test_plan_host_caps_keep_floors_and_cover_the_shortfall(
         obs = observe(guest=guest, now_s=now, poll_interval_s=1.0)
         assert isinstance(obs, Observation)
         base = min(obs.current_bytes, pol.max_bytes)
-        floor = floor_bytes(used_bytes=obs.used_bytes, policy=pol)
+        keep = keep_for(guest=guest, policy=pol, now_s=now, poll_interval_s=1.0)
+        floor = floor_bytes(used_bytes=obs.used_bytes, policy=pol, keep=keep)
         cap = caps[guest.name]
         change = abs(cap - base)
         assert change == 0 or change >= pol.min_change_bytes
         if short > 0:
             assert floor <= cap <= base or cap == base
             took += base - cap
-            blocked = (
-                guest.last_deflate_s is not None and now - guest.last_deflate_s < pol.cooldown_s
-            ) or (
-                guest.external_change_s is not None
-                and now - guest.external_change_s < pol.external_backoff_s
+            blocked = inflate_block(guest=guest, policy=pol, now_s=now) or working_set_signal(
+                guest=guest, policy=pol, obs=obs, now_s=now
             )
             give = 0 if blocked else max(0, base - floor)
             if give >= pol.min_change_bytes:

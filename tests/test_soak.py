@@ -675,7 +675,7 @@ def record(report: str, *, soak_minutes: float, seed: int, ok: bool) -> None:
         report,
     ]
     run.RELIABILITY.write_text("\n".join(lines), encoding="utf-8")
-    run.REPORT.write_text(run.with_reliability(run.REPORT.read_text(encoding="utf-8")))
+    run.REPORT.write_text(run.with_carried(run.REPORT.read_text(encoding="utf-8")))
 
 
 def _rss_bytes(pid: int) -> int | None:

@@ -139,6 +139,8 @@ class QmpLink:
         self._balloon_events = 0
         self._balloon_event_s = -math.inf
         self._state_before_hang = LinkState.PROBING
+        #: Whether the guest has block devices to count reads on; None: not asked yet.
+        self._has_disks: bool | None = None
         self._events: asyncio.Queue[LinkEvent | None] = asyncio.Queue(EVENT_QUEUE_LEN)
         self.state_changed = asyncio.Event()
         #: Counters for metrics: QMP errors of any kind, and timeouts.
@@ -251,6 +253,7 @@ class QmpLink:
 
     async def _drop_client(self) -> None:
         self._actual_bytes = None  # a new connection may lead to a new QEMU
+        self._has_disks = None
         client, self._client = self._client, None
         if client is None:
             return
@@ -439,6 +442,22 @@ class QmpLink:
             self._actual_bytes = actual
         return actual
 
+    async def read_io_bytes(self, *, timeout_s: float) -> int | None:
+        """Bytes read from the guest's block devices (``query-blockstats`` ``rd_bytes``,
+        summed), or None for a guest without any: asked once per connect, then not again."""
+        if self._has_disks is False:
+            return None
+        reply = await self._run(
+            "query-blockstats", timeout_s, lambda c: self._call(c, "query-blockstats")
+        )
+        total = _read_bytes(reply)
+        if total is None:
+            self._has_disks = False
+            self.log.debug("no block device with read counters: disk reads not followed")
+        else:
+            self._has_disks = True
+        return total
+
     async def set_target(self, target_bytes: int, *, timeout_s: float) -> None:
         """Ask the guest to resize to ``target_bytes`` (QMP ``balloon``; QEMU clamps to RAM)."""
         if target_bytes <= 0:
@@ -512,6 +531,20 @@ class QmpLink:
 _TROUBLE = frozenset(
     {LinkState.NO_DEVICE, LinkState.NO_DRIVER, LinkState.HUNG, LinkState.DISCONNECTED}
 )
+
+
+def _read_bytes(reply: Any) -> int | None:
+    """``rd_bytes`` summed over a query-blockstats reply's devices; None if none has one."""
+    if not isinstance(reply, list):
+        return None
+    total, seen = 0, False
+    for device in reply:
+        stats = device.get("stats") if isinstance(device, dict) else None
+        value = stats.get("rd_bytes") if isinstance(stats, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            total += value
+            seen = True
+    return total if seen else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ holds a :class:`GuestLink` and calls these, each under a timeout it chooses:
 * probe: :meth:`GuestLink.enable_stats` turns the guest's stats reports on, after which the
   link's :attr:`~GuestLink.state` says whether a driver answers;
 * :meth:`GuestLink.read_stats`, :meth:`GuestLink.current_actual` (the guest's size now),
+  :meth:`GuestLink.read_io_bytes` (what the guest read from its disks, for refaults),
   :meth:`GuestLink.set_target` (the balloon command) and :meth:`GuestLink.boot_memory`;
 * events: :attr:`GuestLink.on_event` is called with each :class:`LinkEvent` as it arrives.
 
@@ -100,6 +101,11 @@ class GuestLink(Protocol):
 
     async def current_actual(self, *, timeout_s: float) -> int:
         """The guest's logical size now."""
+        ...
+
+    async def read_io_bytes(self, *, timeout_s: float) -> int | None:
+        """Bytes the guest has read from its disks, as the host counts them; None when it
+        has none or the link cannot tell."""
         ...
 
     async def set_target(self, target_bytes: int, *, timeout_s: float) -> None: ...

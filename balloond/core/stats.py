@@ -112,11 +112,15 @@ class GuestSample:
     ``t_s`` is the daemon's monotonic clock in seconds when the sample was taken.
     ``actual_bytes`` is the guest's logical memory size as QMP `query-balloon` reports it.
     ``stats`` is None when the guest has not (yet) reported valid stats.
+    ``read_bytes`` is what the guest has read from its disks since its VMM started, as the
+    host counts it (QMP ``query-blockstats`` ``rd_bytes``, summed over its devices); None
+    where unknown (no disk, or a link that cannot tell).
     """
 
     t_s: float
     actual_bytes: int
     stats: BalloonStats | None
+    read_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

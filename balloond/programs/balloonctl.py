@@ -348,6 +348,20 @@ def format_explain(e: dict[str, Any]) -> str:
         target = decision.get("target_bytes")
         verdict = "keep as is" if target is None else f"target {fmt_mib(target)} MiB"
         lines.append(f"decision:   {verdict} ({decision.get('reason')})")
+        floor = decision.get("floor_bytes")
+        if isinstance(floor, int):
+            parts = []
+            working_set = decision.get("working_set_bytes")
+            if isinstance(working_set, int):
+                parts.append(f"working set {fmt_mib(working_set)} MiB, kept since refaults")
+            reserve = decision.get("surge_reserve_bytes")
+            if isinstance(reserve, int):
+                parts.append(f"surge reserve {fmt_mib(reserve)} MiB")
+            extra = f" ({'; '.join(parts)})" if parts else ""
+            lines.append(f"floor:      {fmt_mib(floor)} MiB{extra}")
+        io = decision.get("io_bps")
+        if isinstance(io, int | float) and io > 0:
+            lines.append(f"disk reads: {io / (1 << 20):.1f} MiB/s")
     lines.append(f"why:        {e.get('explanation')}")
     if e.get("note"):
         lines.append(f"note:       {e['note']}")

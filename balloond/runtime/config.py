@@ -547,6 +547,27 @@ class Policy(_Section):
         gt=0,
         description="give back what balloond took after this long without fresh guest stats",
     )
+    refault_threshold: SizeOrPercent = Field(
+        _mib(1),
+        description=(
+            "per second: refaults (disk reads) this far above the guest's own rate soon "
+            "after an inflate stop it and keep a working-set floor; 0: off"
+        ),
+    )
+    refault_window_s: float = Field(
+        60.0, gt=0, description="how long after an inflate a rise in refaults is blamed on it"
+    )
+    working_set_halflife_s: float = Field(
+        1800.0, gt=0, description="the working-set floor halves this often"
+    )
+    surge_reserve_max: SizeOrPercent = Field(
+        _pct(25),
+        description=(
+            "cap of the surge reserve (fastest recent fall of available memory times the "
+            "time to react, kept above the floor); 0: off"
+        ),
+    )
+    surge_halflife_s: float = Field(600.0, gt=0, description="the surge reserve halves this often")
     weight: int = Field(100, ge=1, le=10000, description="share kept under host pressure")
     reclaim: Reclaim = Field(Reclaim.IDLE, description="when memory may be taken")
 
@@ -612,6 +633,11 @@ class Policy(_Section):
             cooldown_s=self.cooldown_s,
             external_backoff_s=self.external_backoff_s,
             stale_release_s=self.stale_release_s,
+            refault_threshold_bps=self.refault_threshold.of(boot_bytes),
+            refault_window_s=self.refault_window_s,
+            working_set_halflife_s=self.working_set_halflife_s,
+            surge_reserve_max_bytes=self.surge_reserve_max.of(boot_bytes),
+            surge_halflife_s=self.surge_halflife_s,
             weight=self.weight,
             reclaim=self.reclaim,
         )

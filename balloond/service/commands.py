@@ -273,6 +273,10 @@ def explain(ctrl: GuestController) -> dict[str, Any]:
             "target_bytes": decision.target_bytes,
             "reason": str(decision.reason),
             "explanation": decision.explanation,
+            "floor_bytes": decision.floor_bytes,
+            "working_set_bytes": decision.working_set_bytes,
+            "surge_reserve_bytes": decision.surge_reserve_bytes,
+            "io_bps": decision.io_bps,
         },
         "explanation": decision.explanation,
         "note": (

@@ -123,6 +123,9 @@ class GuestController:
         self._stats_interval_s: int | None = None
         self._no_device_logged = False
         self._no_deflate_on_oom_logged = False
+        #: The last decision held the guest at a floor its working set raised (logged once
+        #: per episode).
+        self._held_by_working_set = False
         #: The manual target a dry run last reported as not applied.
         self._dry_run_manual: int | None = None
         self.link = link
@@ -392,8 +395,11 @@ class GuestController:
         timeout = self.timing.qmp_timeout_s
         stats = await self.link.read_stats(timeout_s=timeout)
         actual = await self.link.current_actual(timeout_s=timeout)
+        reads = await self.link.read_io_bytes(timeout_s=timeout)
         now = self._clock()
-        sample = GuestSample(t_s=now, actual_bytes=actual, stats=stats if stats.valid else None)
+        sample = GuestSample(
+            t_s=now, actual_bytes=actual, stats=stats if stats.valid else None, read_bytes=reads
+        )
         move = self.books.record(sample)
         if move is not None:
             self._report_external(move, sample)
@@ -455,11 +461,16 @@ class GuestController:
                     actor="operator",
                 )
             return
-        decision = self.explain()
-        if decision is None:
+        decision, policy = self.explain(), self.policy
+        if decision is None or policy is None:
             return
+        self.books.decided(decision, policy=policy, now_s=self._clock())
         self.decisions[str(decision.reason)] += 1
         previous, self.last_decision = self.last_decision, decision
+        held = decision.reason is Reason.AT_FLOOR and decision.working_set_bytes is not None
+        if held and not self._held_by_working_set:
+            self.log.info("held by its working set: %s", decision.explanation)
+        self._held_by_working_set = held
         if decision.target_bytes is None:
             return
         if self.dry_run:
@@ -532,14 +543,24 @@ class GuestController:
 
     def _bounds(self, actor: str) -> dict[str, int | None]:
         """The limits a target of ``actor`` had to keep, for the audit record: the engine's
-        floor (used + keep, or min_size) and max_size; an operator's min_size and max_size."""
+        floor (used + keep + surge reserve, or min_size), what raised it (the working set
+        refaults showed, the surge reserve) and max_size; an operator's min_size and
+        max_size."""
         policy = self.policy
         if policy is None:
             return {"floor_bytes": None, "max_bytes": None}
         floor: int | None = policy.min_bytes
-        if actor == "engine" and self.last_decision is not None:
-            floor = self.last_decision.floor_bytes  # None where stats were lost
-        return {"floor_bytes": floor, "max_bytes": policy.max_bytes}
+        working_set = reserve = None
+        decision = self.last_decision
+        if actor == "engine" and decision is not None:
+            floor = decision.floor_bytes  # None where stats were lost
+            working_set, reserve = decision.working_set_bytes, decision.surge_reserve_bytes
+        return {
+            "floor_bytes": floor,
+            "working_set_bytes": working_set,
+            "surge_reserve_bytes": reserve,
+            "max_bytes": policy.max_bytes,
+        }
 
     def _on_event(self, event: LinkEvent) -> None:
         """A BALLOON_CHANGE that moves away from our target is the guest (or someone)

@@ -66,7 +66,9 @@ class LabGuest:
 
     ``balloon_id=None`` gives a balloon device without an id (QOM path under
     /machine/peripheral-anon). ``driver=False`` boots without loading virtio_balloon.
-    ``accel=None`` picks KVM or TCG (see ``testkit.lab.accel``).
+    ``accel=None`` picks KVM or TCG (see ``testkit.lab.accel``). ``disk``: a raw image
+    (:func:`testkit.lab.disk.make_file_set`) attached read-only as ``/dev/vda``; see
+    :meth:`mount_disk`.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class LabGuest:
         free_page_reporting: bool = False,
         driver: bool = True,
         accel: str | None = None,
+        disk: Path | None = None,
     ) -> None:
         if not _NAME_RE.match(name):
             raise LabError(f"guest name {name!r}: use up to 32 letters, digits, '.', '_', '-'")
@@ -95,6 +98,7 @@ class LabGuest:
         self.free_page_reporting = free_page_reporting
         self.driver = driver
         self.accel = accel
+        self.disk = disk
         self.console_log = self.workdir / f"{name}.console.log"
         self.kernel_log = self.workdir / f"{name}.kernel.log"
         self.qemu_log = self.workdir / f"{name}.qemu.log"
@@ -174,6 +178,7 @@ class LabGuest:
             deflate_on_oom=self.deflate_on_oom,
             free_page_reporting=self.free_page_reporting,
             driver=self.driver,
+            disk=self.disk,
         )
         # A stale "shell on ttyS0" from the previous boot must not count for this one.
         self.kernel_log.unlink(missing_ok=True)

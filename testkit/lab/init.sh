@@ -11,7 +11,7 @@ mount -t devtmpfs devtmpfs /dev
 
 # virtio_balloon stays out when the kernel command line says balloond.nodriver=1, so one
 # image serves guests with and without the driver.
-modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci"
+modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk"
 case " $(cat /proc/cmdline) " in
 *" balloond.nodriver=1 "*) echo "lab-init: virtio_balloon not loaded (balloond.nodriver=1)" ;;
 *) modules="$modules virtio_balloon" ;;

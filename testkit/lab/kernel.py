@@ -29,6 +29,7 @@ VIRTIO_MODULES = (
     "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev",
     "virtio_pci",
+    "virtio_blk",
     "virtio_balloon",
 )
 #: Debian's metapackage that always depends on the current cloud kernel.

@@ -54,6 +54,8 @@ class QemuConfig:
     deflate_on_oom: bool = False
     free_page_reporting: bool = False
     driver: bool = True
+    #: A raw disk image, attached read-only as a virtio-blk disk (the guest's /dev/vda).
+    disk: Path | None = None
 
 
 def qemu_argv(config: QemuConfig) -> list[str]:
@@ -90,6 +92,11 @@ def qemu_argv(config: QemuConfig) -> list[str]:
     ]  # fmt: skip
     if config.admin_socket is not None:
         argv += ["-qmp", f"unix:{config.admin_socket},server=on,wait=off"]
+    if config.disk is not None:
+        argv += [
+            "-drive", f"file={config.disk},format=raw,if=none,id=disk0,readonly=on",
+            "-device", "virtio-blk-pci,drive=disk0,id=vda",
+        ]  # fmt: skip
     if config.balloon:
         device = "virtio-balloon-pci"
         if config.balloon_id is not None:

@@ -75,6 +75,8 @@ class SimGuestSpec:
     deflate_on_oom: bool = False
     #: The device property only (the model does not simulate reported pages).
     free_page_reporting: bool = False
+    #: A virtio-blk disk, whose reads (``query-blockstats``) are the model's.
+    disk: bool = False
     driver: bool = True
     driver_load_s: float = 0.0
     balloon: bool = True

@@ -217,7 +217,7 @@ def check_request(obj: Any, *, oob_enabled: bool) -> Request:
     )
 
 
-ArgKind = Literal["int", "str", "any", "capabilities"]
+ArgKind = Literal["int", "str", "bool", "any", "capabilities"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +229,7 @@ class Param:
     optional: bool = False
 
 
-_TYPE_NAMES = {"int": "integer", "str": "string", "capabilities": "array"}
+_TYPE_NAMES = {"int": "integer", "str": "string", "bool": "boolean", "capabilities": "array"}
 
 
 def is_int64(value: Any) -> bool:
@@ -243,6 +243,7 @@ def _check_value(name: str, value: Any, *, kind: ArgKind) -> None:
     ok = {
         "int": is_int64(value),
         "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
         "any": True,
         "capabilities": isinstance(value, list),
     }[kind]

@@ -9,7 +9,7 @@ Modules, in the order data flows through them:
 * ``inputs``   - :class:`GuestView` (one guest's samples and history of moves) and
   :class:`ResolvedPolicy` (a policy in bytes, made by ``balloond.runtime.config.Policy.resolve``).
 * ``observe``  - reads the last few samples: used memory, trend, staleness.
-* ``host``     - :func:`plan_host`: caps per guest while the host is short of memory.
+* ``planner``  - :func:`plan_host`: caps per guest while the host is short of memory.
 * ``engine``   - :func:`decide`: one guest's target and the reason for it.
 * ``decision`` - :class:`Decision` and its stable :class:`Reason` codes.
 * ``explain``  - how numbers read to people (MiB, percent of boot memory).

@@ -1,9 +1,11 @@
 """What balloond keeps about one guest between polls: its books.
 
-The engine decides from a frozen :class:`~balloond.core.policy.GuestView`; something has to keep,
-from one poll to the next, what that view is made of: the recent samples, the last target
-balloond set, when the balloon was last deflated, when someone else last moved it, the
-reason of the last change, when the guest last reported. :class:`GuestBooks` is that one
+The engine decides from a frozen :class:`~balloond.core.policy.GuestView`; something has to
+keep, from one poll to the next, what that view is made of: the recent samples, the last
+target balloond set, when the balloon was last deflated or inflated, when someone else last
+moved it, the reason of the last change, when the guest last reported, and what the
+engine's own decisions taught about the guest: its usual I/O rate, the working set that
+refaults showed it needs, the fastest surge it had. :class:`GuestBooks` is that one
 thing, kept the same way by the daemon's :class:`~balloond.service.guest.GuestController` and by
 the offline replay (:mod:`balloond.replay.engine`), so both show the engine the same view.
 
@@ -16,13 +18,18 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from balloond.core.policy.decision import Reason
-from balloond.core.policy.inputs import GuestView
+from balloond.core.policy.decision import Decision, Reason
+from balloond.core.policy.engine import decayed
+from balloond.core.policy.inputs import GuestView, ResolvedPolicy
 from balloond.core.stats import GuestSample
 from balloond.core.units import MiB
 
 #: A change of ``actual`` smaller than this is rounding in the guest driver, not a change.
 ACTUAL_TOLERANCE_BYTES = 4 * MiB
+#: How much of each new measurement goes into the guest's usual I/O rate (per report, away
+#: from inflates): slow, about a minute, so a working set that grows over minutes shows as
+#: a rise, while a guest that reads more of its own accord is soon its usual self again.
+IO_BASELINE_WEIGHT = 0.02
 
 
 def moved_externally(
@@ -66,7 +73,18 @@ class GuestBooks:
     last_reason: Reason | None = None
     #: When the guest last sent a new stats report (before its first: when it connected).
     last_report_s: float | None = None
+    #: When balloond last inflated the guest.
+    last_inflate_s: float | None = None
+    #: The guest's usual I/O rate for refaults (bytes/s), measured away from inflates.
+    io_baseline_bps: float | None = None
+    #: The working set refaults showed the guest needs (available bytes), and since when.
+    working_set_bytes: int = 0
+    working_set_s: float | None = None
+    #: The fastest decline of available memory seen (bytes/s), and when.
+    surge_bps: float = 0.0
+    surge_s: float | None = None
     _last_update_seen: int | None = field(default=None, repr=False)
+    _baseline_report_s: float | None = field(default=None, repr=False)
 
     @classmethod
     def new(cls, name: str, *, history_len: int) -> GuestBooks:
@@ -83,6 +101,7 @@ class GuestBooks:
         clock starts at the first connect, so a guest found shrunk and silent (after a
         restart of balloond) is handed back in time too."""
         self.history.clear()
+        self.io_baseline_bps = None  # a new QEMU counts its disk reads from zero
         if self.last_report_s is None:
             self.last_report_s = now_s
 
@@ -113,9 +132,53 @@ class GuestBooks:
         current = self.history[-1].actual_bytes if self.history else None
         if current is not None and target_bytes > current:
             self.last_deflate_s = now_s
+        elif current is not None and target_bytes < current:
+            self.last_inflate_s = now_s
         self.target_bytes = target_bytes
         if reason is not None:
             self.last_reason = reason
+
+    def decided(self, decision: Decision, *, policy: ResolvedPolicy, now_s: float) -> None:
+        """Learn from the engine's decision (made now, on this view), applied or not:
+
+        * the guest's usual I/O rate, from each report away from an inflate's window;
+        * its working set, when refaults stopped an inflate: the available memory it will
+          have once the step is back (never less than what it had decayed to);
+        * its fastest surge: the decline of available memory, where faster than the
+          decayed one before.
+        """
+        io = decision.io_bps
+        fresh = self.last_report_s is not None and self.last_report_s != self._baseline_report_s
+        quiet = self.last_inflate_s is None or now_s - self.last_inflate_s > policy.refault_window_s
+        if io is not None and fresh and quiet:
+            self._baseline_report_s = self.last_report_s
+            base = self.io_baseline_bps
+            self.io_baseline_bps = io if base is None else base + IO_BASELINE_WEIGHT * (io - base)
+        if (
+            decision.reason is Reason.WORKING_SET
+            and decision.target_bytes is not None
+            and decision.available_bytes is not None
+        ):
+            need = decision.available_bytes + decision.change_bytes
+            if self.working_set_s is not None:
+                age_s = now_s - self.working_set_s
+                halflife_s = policy.working_set_halflife_s
+                need = max(
+                    need,
+                    int(decayed(self.working_set_bytes, age_s=age_s, halflife_s=halflife_s)),
+                )
+            self.working_set_bytes, self.working_set_s = need, now_s
+        decline = decision.decline_bps or 0.0
+        if decline > 0:
+            before = (
+                0.0
+                if self.surge_s is None
+                else decayed(
+                    self.surge_bps, age_s=now_s - self.surge_s, halflife_s=policy.surge_halflife_s
+                )
+            )
+            if decline > before:
+                self.surge_bps, self.surge_s = decline, now_s
 
     def view(self, boot_bytes: int | None) -> GuestView | None:
         """The frozen view the engine decides from; None before the first sample."""
@@ -130,4 +193,10 @@ class GuestBooks:
             external_change_s=self.external_change_s,
             last_report_s=self.last_report_s,
             last_reason=self.last_reason,
+            last_inflate_s=self.last_inflate_s,
+            io_baseline_bps=self.io_baseline_bps,
+            working_set_bytes=self.working_set_bytes,
+            working_set_s=self.working_set_s,
+            surge_bps=self.surge_bps,
+            surge_s=self.surge_s,
         )

@@ -16,8 +16,9 @@ class Reason(StrEnum):
     audit log carry them, and operators grep for them.
 
     Codes that come with a target (a change): pressure, oom-risk, thrashing, guest-deflate,
-    below-floor, idle, above-max, host-pressure, host-recovered, stats-lost, off. The others,
-    and any of those when the balloon cannot move further, come with ``target_bytes=None``.
+    working-set, below-floor, idle, above-max, host-pressure, host-recovered, stats-lost,
+    off. The others, and any of those when the balloon cannot move further, come with
+    ``target_bytes=None``.
     """
 
     #: Available memory is below ``free_low``: deflate at once.
@@ -60,6 +61,13 @@ class Reason(StrEnum):
     #: Fail-safe: no fresh stats for ``stale_release_s`` while the guest was below
     #: ``max_size``: balloond is blind to its pressure, so it hands the memory back.
     STATS_LOST = "stats-lost"
+    #: Soon after an inflate the guest's refaults (disk reads, major faults) rose above its
+    #: own rate while its available memory looked ample: the balloon is eating its working
+    #: set. Give a step back and keep a working-set floor (it decays slowly).
+    WORKING_SET = "working-set"
+    #: An inflate is due but balloond is still measuring the guest's own disk reads, the
+    #: level a rise in refaults is judged from (a few seconds after a connect).
+    MEASURING = "measuring"
     #: The policy says ``reclaim = "off"``.
     OFF = "off"
 
@@ -81,8 +89,8 @@ class Decision:
     available_bytes: int | None = None
     #: ``current - available``: what the guest cannot give back (see ``observe``).
     used_bytes: int | None = None
-    #: No target goes below this: ``max(min_size, used + max(free_low, cache_floor))``,
-    #: itself never above ``max_size``.
+    #: No target goes below this: ``max(min_size, used + keep + surge reserve)``, with keep
+    #: ``max(free_low, cache_floor, working set)``, itself never above ``max_size``.
     floor_bytes: int | None = None
     #: No target goes above this unless the guest is under pressure: ``max_size``, or the
     #: host cap when one applies.
@@ -92,6 +100,12 @@ class Decision:
     host_cap_bytes: int | None = None
     #: How fast available memory falls, bytes per second (0 when steady or rising).
     decline_bps: float | None = None
+    #: The guest's I/O rate for refaults (disk reads, major faults), bytes per second.
+    io_bps: float | None = None
+    #: The working set the floor keeps now (decayed), when it is above the policy's keep.
+    working_set_bytes: int | None = None
+    #: The surge reserve the floor holds now (decayed).
+    surge_reserve_bytes: int | None = None
 
     @property
     def change_bytes(self) -> int:

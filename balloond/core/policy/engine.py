@@ -21,7 +21,16 @@ The ladder, first match wins:
    times the horizon, at least ``min_change``, up to ``max_size``. Guest pressure wins over
    a host cap and over any cooldown: an OOM kill in a guest is certain damage, host pressure
    only a risk that other guests' idle memory can cover.
-4. Below the floor (``min_size``, or used + ``max(free_low, cache_floor)``): deflate to it.
+   Then the working-set signal (``working-set``): while the guest is below ``max_size``, its
+   refaults (disk reads, or major faults times the page size; allocation stalls and direct
+   reclaim where QEMU >= 9.2 reports them) rose ``refault_threshold`` above its usual rate,
+   while its available memory still looks ample: the balloon holds page cache the guest
+   works from. No inflate; give one inflate step back. Within ``refault_window_s`` of an
+   inflate (the inflate did it) once per guest report; otherwise (the working set grew, or
+   the guest reads more of its own accord) once per ``refault_window_s``. The books keep a
+   working-set floor that decays slowly.
+4. Below the floor (``min_size``, or used + keep + surge reserve, with keep
+   ``max(free_low, cache_floor, working set)``): deflate to it.
 5. Above the ceiling (``max_size``, or the host cap): inflate straight to it. Not step-limited:
    ``max_size`` is a hard limit, and a host cap is urgent and never below the floor.
 6. ``reclaim = "host-pressure"``: sit at the ceiling; when the cap lifts or rises, deflate
@@ -32,9 +41,11 @@ The ladder, first match wins:
 
 Rules every target obeys (and the property tests check):
 
-* ``floor <= target <= max_size``; the floor is never above ``max_size``.
+* ``floor <= target <= max_size``; the floor is never above ``max_size``, and never below
+  used + ``free_low``.
 * No inflate within ``cooldown_s`` of a deflate, or within ``external_backoff_s`` of a change
-  balloond did not make.
+  balloond did not make, or while the working-set signal is high, or before the guest's own
+  disk reads are measured (``measuring``, when the signal is on).
 * No change smaller than ``min_change``, except a deflate that lands exactly on ``max_size``
   (so a guest under pressure always gets everything up to its maximum). A needed deflate is
   rounded up to ``min_change``.
@@ -44,6 +55,8 @@ Rules every target obeys (and the property tests check):
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from balloond.core.policy import explain
 from balloond.core.policy.decision import Decision, Reason
@@ -61,22 +74,121 @@ THRASH_SWAP_IN_BPS = 1 * MiB
 THRASH_MAJOR_FAULTS_PER_S = 500.0
 
 
+#: Seconds the balloon takes to move once asked (lab: 0.2-0.3 s for 512 MiB under TCG; a
+#: margin for a busy host). With a stats interval it makes the time balloond needs to react.
+BALLOON_MOVE_S = 1.0
+
+
 def horizon_s(poll_interval_s: float) -> float:
     """Seconds ahead a falling guest is extrapolated."""
     return HORIZON_POLLS * max(poll_interval_s, 1.0)
 
 
-def floor_bytes(*, used_bytes: int, policy: ResolvedPolicy) -> int:
-    """The smallest size balloond gives the guest, in whole MiB; never above ``max_size``."""
-    return min(
-        _round_up_mib(max(policy.min_bytes, used_bytes + policy.keep_bytes)), policy.max_bytes
-    )
+def react_s(poll_interval_s: float) -> float:
+    """Seconds from a guest's memory starting to fall to the balloon giving it back: a
+    stats report (guests report at most once a second) and the balloon's move."""
+    return max(poll_interval_s, 1.0) + BALLOON_MOVE_S
+
+
+def decayed(value: float, *, age_s: float, halflife_s: float) -> float:
+    """``value`` halved every ``halflife_s`` over ``age_s`` seconds."""
+    if age_s <= 0 or value <= 0:
+        return max(value, 0.0)
+    if halflife_s <= 0:
+        return 0.0
+    return float(value * 0.5 ** (age_s / halflife_s))
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """What a guest keeps above its used memory now, and why."""
+
+    #: ``max(free_low, cache_floor)``: what every guest keeps.
+    base: int
+    #: The working set refaults showed it needs (decayed); 0 when not above ``base``.
+    working_set: int
+    #: The surge reserve (decayed, capped); 0 when off or calm.
+    reserve: int
+
+    @property
+    def total(self) -> int:
+        return max(self.base, self.working_set) + self.reserve
+
+
+def keep_for(
+    *, guest: GuestView, policy: ResolvedPolicy, now_s: float, poll_interval_s: float
+) -> Keep:
+    """The guest's keep now: the policy's, its decaying working set, its surge reserve."""
+    base = policy.keep_bytes
+    working_set = 0
+    if guest.working_set_s is not None and guest.working_set_bytes > base:
+        working_set = int(
+            decayed(
+                guest.working_set_bytes,
+                age_s=now_s - guest.working_set_s,
+                halflife_s=policy.working_set_halflife_s,
+            )
+        )
+        if working_set <= base:
+            working_set = 0
+    reserve = 0
+    if policy.surge_reserve_max_bytes > 0 and guest.surge_s is not None:
+        surge_bps = decayed(
+            guest.surge_bps, age_s=now_s - guest.surge_s, halflife_s=policy.surge_halflife_s
+        )
+        reserve = min(int(surge_bps * react_s(poll_interval_s)), policy.surge_reserve_max_bytes)
+    return Keep(base=base, working_set=working_set, reserve=reserve)
+
+
+def floor_bytes(*, used_bytes: int, policy: ResolvedPolicy, keep: Keep | None = None) -> int:
+    """The smallest size balloond gives the guest, in whole MiB; never above ``max_size``.
+
+    ``keep``: the guest's keep now (:func:`keep_for`); without it, the policy's alone.
+    """
+    total = policy.keep_bytes if keep is None else keep.total
+    return min(_round_up_mib(max(policy.min_bytes, used_bytes + total)), policy.max_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkingSetSignal:
+    """The guest's refaults rose while the balloon holds memory from it."""
+
+    why: str
+    #: Within ``refault_window_s`` of an inflate: the inflate squeezed the working set.
+    #: Otherwise the working set grew into memory the balloon holds.
+    after_inflate: bool
+
+
+def working_set_signal(
+    *, guest: GuestView, policy: ResolvedPolicy, obs: Observation, now_s: float
+) -> WorkingSetSignal | None:
+    """Whether the balloon holds memory the guest's working set needs now (see rule 3)."""
+    threshold = policy.refault_threshold_bps
+    if threshold <= 0 or obs.current_bytes >= policy.max_bytes:
+        return None
+    since_s = None if guest.last_inflate_s is None else now_s - guest.last_inflate_s
+    after_inflate = since_s is not None and since_s <= policy.refault_window_s
+    when = f"{since_s:.0f}s after an inflate" if after_inflate else "with the balloon still"
+    baseline = guest.io_baseline_bps
+    why = None
+    if obs.io_bps is not None and baseline is not None and obs.io_bps - baseline >= threshold:
+        usual = "before the inflate" if after_inflate else "usually"
+        why = f"refaults {explain.rate(obs.io_bps)} ({explain.rate(baseline)} {usual}) {when}"
+    elif obs.new_alloc_stalls:
+        why = f"{obs.new_alloc_stalls} allocation stalls {when}"
+    elif obs.direct_reclaim_bps >= threshold:
+        why = f"direct reclaim {explain.rate(obs.direct_reclaim_bps)} {when}"
+    if why is None:
+        return None
+    return WorkingSetSignal(why=why, after_inflate=after_inflate)
 
 
 def inflate_block(
     *, guest: GuestView, policy: ResolvedPolicy, now_s: float
 ) -> tuple[Reason, str] | None:
-    """Why an inflate may not happen now (cooldown, external backoff), or None."""
+    """Why an inflate may not happen now (cooldown, external backoff, measuring), or None."""
+    if policy.refault_threshold_bps > 0 and guest.io_baseline_bps is None:
+        return Reason.MEASURING, "the guest's own disk reads are not measured yet"
     if guest.last_deflate_s is not None:
         since_s = now_s - guest.last_deflate_s
         if since_s < policy.cooldown_s:
@@ -100,7 +212,7 @@ def _round_up_mib(n_bytes: int) -> int:
 class _Frame:
     """One decision in the making: the facts, and the two ways to answer."""
 
-    __slots__ = ("cap", "ceiling", "floor", "guest", "now_s", "obs", "policy")
+    __slots__ = ("cap", "ceiling", "floor", "guest", "keep", "now_s", "obs", "policy")
 
     def __init__(
         self,
@@ -108,6 +220,7 @@ class _Frame:
         guest: GuestView,
         policy: ResolvedPolicy,
         obs: Observation,
+        keep: Keep,
         floor: int,
         ceiling: int,
         cap: int | None,
@@ -116,6 +229,7 @@ class _Frame:
         self.guest = guest
         self.policy = policy
         self.obs = obs
+        self.keep = keep
         self.floor = floor
         self.ceiling = ceiling
         self.cap = cap
@@ -140,7 +254,26 @@ class _Frame:
             free_high_bytes=self.policy.free_high_bytes,
             host_cap_bytes=self.cap,
             decline_bps=obs.decline_bps,
+            io_bps=obs.io_bps,
+            working_set_bytes=self.keep.working_set or None,
+            surge_reserve_bytes=self.keep.reserve or None,
         )
+
+    def floor_text(self, *, with_used: bool = False) -> str:
+        """``the floor 400MiB``, with what raised it: ``(used 40MiB + working set 300MiB +
+        surge reserve 60MiB)``; ``with_used``: ``(used 40MiB)`` otherwise."""
+        text = f"the floor {explain.size(self.floor)}"
+        keep = self.keep
+        if not (keep.working_set or keep.reserve) or self.floor >= self.policy.max_bytes:
+            return f"{text} (used {explain.size(self.obs.used_bytes)})" if with_used else text
+        parts = [f"used {explain.size(self.obs.used_bytes)}"]
+        if keep.working_set:
+            parts.append(f"working set {explain.size(keep.working_set)}")
+        else:
+            parts.append(f"keep {explain.size(keep.base)}")
+        if keep.reserve:
+            parts.append(f"surge reserve {explain.size(keep.reserve)}")
+        return f"{text} ({' + '.join(parts)})"
 
     def deflate(self, *, want: int, limit: int, reason: Reason, why: str) -> Decision:
         """Grow the guest toward ``want``, no higher than ``limit``."""
@@ -172,8 +305,7 @@ class _Frame:
         target = _round_up_mib(target)  # toward the current size
         if target >= current:
             if self.floor >= want:
-                floor = explain.size(self.floor)
-                return self.answer(None, Reason.AT_FLOOR, f"{why}, but at the floor {floor}")
+                return self.answer(None, Reason.AT_FLOOR, f"{why}, but at {self.floor_text()}")
             return self.answer(None, Reason.MIN_CHANGE, f"{why}, but the change is under 1MiB")
         blocked = inflate_block(guest=self.guest, policy=policy, now_s=self.now_s)
         if blocked is not None:
@@ -311,7 +443,8 @@ def decide(
 
     current, available = obs.current_bytes, obs.available_bytes
     max_bytes = policy.max_bytes
-    floor = floor_bytes(used_bytes=obs.used_bytes, policy=policy)
+    keep = keep_for(guest=guest, policy=policy, now_s=now_s, poll_interval_s=poll_interval_s)
+    floor = floor_bytes(used_bytes=obs.used_bytes, policy=policy, keep=keep)
     cap = (
         None
         if host_cap_bytes is None
@@ -319,7 +452,14 @@ def decide(
     )
     ceiling = max_bytes if cap is None else cap
     frame = _Frame(
-        guest=guest, policy=policy, obs=obs, floor=floor, ceiling=ceiling, cap=cap, now_s=now_s
+        guest=guest,
+        policy=policy,
+        obs=obs,
+        keep=keep,
+        floor=floor,
+        ceiling=ceiling,
+        cap=cap,
+        now_s=now_s,
     )
 
     pressure = _pressure(frame, horizon=horizon_s(poll_interval_s))
@@ -328,8 +468,36 @@ def decide(
         bump = max(need, policy.min_change_bytes, MiB)
         return frame.deflate(want=current + bump, limit=max_bytes, reason=reason, why=why)
 
+    signal = working_set_signal(guest=guest, policy=policy, obs=obs, now_s=now_s)
+    if signal is not None:
+        eating = "is eating" if signal.after_inflate else "holds memory for"
+        why = (
+            f"{signal.why}, with available {explain.size(available)} above free_low: the "
+            f"balloon {eating} the guest's working set"
+        )
+        given = guest.last_deflate_s
+        if given is not None and guest.last_report_s is not None and given >= guest.last_report_s:
+            return frame.answer(
+                None, Reason.WORKING_SET, f"{why}; the last give-back is not in a report yet"
+            )
+        if (
+            not signal.after_inflate
+            and given is not None
+            and guest.last_reason is Reason.WORKING_SET
+            and now_s - given < policy.refault_window_s
+        ):
+            # Reads that rose without an inflate may be the guest's own (a new stream):
+            # one step per window, while the usual rate catches up if they are.
+            return frame.answer(
+                None,
+                Reason.WORKING_SET,
+                f"{why}; gave a step back {now_s - given:.0f}s ago, waiting to see it help",
+            )
+        step = max(policy.max_inflate_step_bytes, policy.min_change_bytes)
+        return frame.deflate(want=current + step, limit=ceiling, reason=Reason.WORKING_SET, why=why)
+
     if current < floor:
-        why = f"below the floor {explain.size(floor)} (used {explain.size(obs.used_bytes)})"
+        why = f"below {frame.floor_text(with_used=True)}"
         return frame.deflate(want=floor, limit=max_bytes, reason=Reason.BELOW_FLOOR, why=why)
 
     if current > ceiling:

@@ -52,6 +52,20 @@ class ResolvedPolicy:
     #: Without a fresh guest report for this long, hand the guest back up to ``max_size``:
     #: balloond can no longer see it run short.
     stale_release_s: float = 30.0
+    #: Refaults (disk reads, major faults) this many bytes per second above the guest's own
+    #: rate, soon after an inflate, mean the balloon is eating its working set. 0: off
+    #: (the config's default is on; a policy built by hand, in tests, has it off).
+    refault_threshold_bps: int = 0
+    #: How long after an inflate a rise in refaults is blamed on it.
+    refault_window_s: float = 60.0
+    #: The working-set floor halves this often, so a guest whose working set shrank is
+    #: reclaimed again (and one whose did not, probed again) later.
+    working_set_halflife_s: float = 1800.0
+    #: The surge reserve's cap: the fastest recent decline of available memory times the
+    #: time balloond needs to react, kept above the floor, at most this. 0: off.
+    surge_reserve_max_bytes: int = 0
+    #: The surge reserve halves this often once the guest calms down.
+    surge_halflife_s: float = 600.0
     #: Where idle inflation aims: available memory in the middle of the band.
     band_mid_bytes: int = field(init=False)
     #: Available memory a guest always keeps: ``max(free_low, cache_floor)``.
@@ -89,3 +103,16 @@ class GuestView:
     #: Reason of the last decision that set a target, so the engine can tell a guest it
     #: squeezed for the host (and should hand memory back to) from one that is simply idle.
     last_reason: Reason | None = None
+    #: When balloond last inflated this guest, and by how much.
+    last_inflate_s: float | None = None
+    #: The guest's own I/O rate for refaults (bytes/s) away from balloond's inflates: the
+    #: level a rise is measured from. None until measured.
+    io_baseline_bps: float | None = None
+    #: Available memory the guest showed it needs for its working set (bytes), and when:
+    #: set when refaults stopped an inflate; it decays (``working_set_halflife_s``).
+    working_set_bytes: int = 0
+    working_set_s: float | None = None
+    #: The fastest decline of available memory seen (bytes/s), and when; it decays
+    #: (``surge_halflife_s``).
+    surge_bps: float = 0.0
+    surge_s: float | None = None

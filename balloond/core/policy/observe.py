@@ -22,6 +22,11 @@ This is the one place that knows how balloon statistics behave, so the rules liv
   took since just before the previous report (blind to an inflate the report does not show
   yet). A move that is half seen makes the rate too low, never too high; a real workload
   shows in both.
+* **Disk reads**: a page-cache refault through ``read()`` (how most programs read files) is
+  no page fault, so the guest's major-fault counter never sees it; the host sees it as a
+  read on the guest's disk. The I/O rate is the larger of the disk read rate (between the
+  samples of the last two reports) and the major faults times the page size (mapped files
+  and swap-ins, for a guest whose disk reads the link cannot see).
 
 Only the samples since the previous guest report are read: a handful, whatever the history.
 """
@@ -62,6 +67,11 @@ class Observation:
     major_faults_per_s: float
     new_oom_kills: int
     new_alloc_stalls: int
+    #: Pages reclaimed by allocating tasks themselves per second, as bytes/s (QEMU >= 9.2).
+    direct_reclaim_bps: float
+    #: The guest's I/O rate for refaults, bytes/s: disk reads, or major faults times the
+    #: page size when larger; None before two reports.
+    io_bps: float | None
     #: ``actual`` grew between the last two samples beyond balloond's own target: the guest
     #: deflated the balloon itself (deflate-on-oom), or someone else did.
     guest_deflated_bytes: int
@@ -106,6 +116,7 @@ def observe(
 
     # Walk back to the previous guest report; stop once that is more than stale_s back.
     previous: BalloonStats | None = None
+    previous_sample = latest
     previous_actual = current
     inflated = 0  # bytes the balloon took since just before the previous report
     newer_actual = current
@@ -118,7 +129,7 @@ def observe(
         if old is None or not old.valid:
             break
         if old.last_update != stats.last_update:
-            previous, previous_actual = old, sample.actual_bytes
+            previous, previous_actual, previous_sample = old, sample.actual_bytes, sample
             if index > 0:  # an inflate just before that report may not show in it yet
                 inflated += max(0, history[index - 1].actual_bytes - previous_actual)
             break
@@ -132,7 +143,8 @@ def observe(
 
     available = stats.available_bytes
     used = max(0, current - available)
-    decline_bps = swap_in_bps = faults_per_s = 0.0
+    decline_bps = swap_in_bps = faults_per_s = direct_bps = 0.0
+    io_bps: float | None = None
     oom_kills = alloc_stalls = 0
     if previous is not None and previous.available_bytes is not None:
         # last_update is whole seconds of host time; reports are >= 1 s apart.
@@ -144,6 +156,14 @@ def observe(
         faults_per_s = _counter_delta(stats.major_faults, previous.major_faults) / dt_s
         oom_kills = _counter_delta(stats.oom_kills, previous.oom_kills)
         alloc_stalls = _counter_delta(stats.alloc_stalls, previous.alloc_stalls)
+        direct_bps = (
+            _counter_delta(stats.direct_reclaims, previous.direct_reclaims) * PAGE_BYTES / dt_s
+        )
+        io_bps = faults_per_s * PAGE_BYTES
+        reads_dt_s = latest.t_s - previous_sample.t_s
+        new_reads, old_reads = latest.read_bytes, previous_sample.read_bytes
+        if new_reads is not None and old_reads is not None and reads_dt_s > 0:
+            io_bps = max(io_bps, _counter_delta(new_reads, old_reads) / reads_dt_s)
 
     guest_deflated = 0
     if len(history) > 1:
@@ -161,5 +181,7 @@ def observe(
         major_faults_per_s=faults_per_s,
         new_oom_kills=oom_kills,
         new_alloc_stalls=alloc_stalls,
+        direct_reclaim_bps=direct_bps,
+        io_bps=io_bps,
         guest_deflated_bytes=guest_deflated,
     )

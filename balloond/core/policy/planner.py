@@ -13,8 +13,9 @@ gives a guest comes from there). Two cases:
   their weight: a guest gives the share ``min(1, L / weight)`` of its idle memory, with one
   ``L`` for all, so low weights give up to all their idle memory first and a guest with twice
   the weight gives half the share. Nobody goes below their floor (``min_size``, used +
-  ``max(free_low, cache_floor)``). Guests in their cooldown or external backoff, without fresh
-  stats, or with ``reclaim = "off"`` give nothing.
+  keep + surge reserve, the engine's own). Guests in their cooldown or external backoff,
+  still measuring, with refaults after an inflate, without fresh stats, or with
+  ``reclaim = "off"`` give nothing.
 * **Room** (host available >= reserve): guests that balloond squeezed for the host and that
   want memory back (``reclaim = "host-pressure"`` below ``max_size``; ``"idle"`` squeezed
   below mid-band) share the surplus, high weights first, by the mirror rule. When the surplus
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from balloond.core.policy.decision import Reason
-from balloond.core.policy.engine import floor_bytes, inflate_block
+from balloond.core.policy.engine import floor_bytes, inflate_block, keep_for, working_set_signal
 from balloond.core.policy.inputs import GuestView, Reclaim, ResolvedPolicy
 from balloond.core.policy.observe import Unobservable, observe
 from balloond.core.stats import HostSnapshot
@@ -128,8 +129,13 @@ def plan_host(
         base = min(obs.current_bytes, policy.max_bytes)
         weight = max(policy.weight, 1)
         if short > 0:
-            blocked = inflate_block(guest=guest, policy=policy, now_s=now_s)
-            floor = floor_bytes(used_bytes=obs.used_bytes, policy=policy)
+            blocked = inflate_block(guest=guest, policy=policy, now_s=now_s) or working_set_signal(
+                guest=guest, policy=policy, obs=obs, now_s=now_s
+            )
+            keep = keep_for(
+                guest=guest, policy=policy, now_s=now_s, poll_interval_s=poll_interval_s
+            )
+            floor = floor_bytes(used_bytes=obs.used_bytes, policy=policy, keep=keep)
             give = 0 if blocked else max(0, base - floor)
             shares.append(_Share(guest.name, base, give, policy.min_change_bytes, 1.0 / weight))
         else:
