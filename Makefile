@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Commands the lab and the tests need, and the Debian package that brings each.
 SYSTEM_CMDS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mosquitto:mosquitto \
                mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc systemd-analyze:systemd \
-               stress-ng:stress-ng mkfs.ext4:e2fsprogs
+               stress-ng:stress-ng mkfs.ext4:e2fsprogs promtool:prometheus tmux:tmux
 DURATION ?= 60
 # make soak: how long the soak runs, in minutes.
 MINUTES ?= 10

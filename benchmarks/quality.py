@@ -45,6 +45,7 @@ from balloond.replay import (
     standard_controllers,
     traces,
 )
+from balloond.replay.engine import EngineController
 from balloond.replay.report import (
     DEFINITIONS,
     markdown_table,
@@ -53,8 +54,9 @@ from balloond.replay.report import (
     top_reclaimer_line,
     write_chart,
 )
+from balloond.replay.runner import run
 from balloond.replay.traces import Trace
-from balloond.runtime.config import Config, load_config
+from balloond.runtime.config import Config, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config" / "balloond.toml"
@@ -203,6 +205,52 @@ def _sensitivity(rows: Sequence[tuple[float, int, list[RunResult]]]) -> str:
     return "\n".join(lines)
 
 
+#: The page-cache and surge keys of the default policy, and the values tried beside each
+#: default (one key changed at a time), to show what the defaults were chosen from.
+KNOBS: tuple[tuple[str, tuple[object, ...]], ...] = (
+    ("refault_threshold", ("0MiB", "1MiB", "2MiB", "4MiB")),
+    ("working_set_halflife_s", (600.0, 1800.0, 3600.0)),
+    ("surge_reserve_max", ("0MiB", "10%", "25%")),
+    ("free_low/free_high", (("10%", "20%"), ("15%", "25%"))),
+)
+
+
+def _with(config: Config, key: str, value: object) -> Config:
+    """``config`` with one key of its default policy changed."""
+    doc = config.model_dump(mode="json")
+    policy = doc["policies"]["default"]
+    if key == "free_low/free_high":
+        policy["free_low"], policy["free_high"] = value  # type: ignore[misc]
+    else:
+        policy[key] = value
+    return parse_config(doc)
+
+
+def _knobs(config: Config, scen: Scenario) -> str:
+    """balloond with one policy key changed at a time, on the main host size."""
+    default = config.policies["default"]
+    lines = [
+        "| key | value | reclaimed GiB-h | pressure s | OOM kills | refaults (M) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for key, values in KNOBS:
+        for value in values:
+            m = run(scen, EngineController(_with(config, key, value))).metrics
+            shown = "/".join(value) if isinstance(value, tuple) else str(value)
+            current = (
+                (str(default.free_low), str(default.free_high))
+                if key == "free_low/free_high"
+                else str(getattr(default, key))
+            )
+            mark = " (default)" if str(value) == str(current) or value == current else ""
+            lines.append(
+                f"| {key} | {shown}{mark} | {m.reclaimed_gib_h:.2f} | {m.pressure_s:.0f} "
+                f"| {m.oom_kills} | {m.refaults / 1e6:.2f} |"
+            )
+        print(f"  knob {key} done", file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def _runs(config: Config, scen: Scenario, *, log: bool) -> list[RunResult]:
     def progress(result: RunResult) -> None:
         if log:
@@ -278,6 +326,11 @@ def main(quick: bool, out_dir: Path) -> str:
         " / refaults in millions; balloond's targets: reclaim, pressure, OOM, refaults):",
         "",
         _sensitivity(rows),
+        "",
+        "Choosing the defaults: balloond alone on the same fleet and host, with one key of the "
+        "default policy changed at a time (the defaults ship in `config/balloond.toml`):",
+        "",
+        _knobs(config, main_scen),
         "",
         "How to read the columns:",
         "",

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from balloond.core.events import BalloonChange
+from balloond.core.policy.decision import PRESSURE_REASONS
 from balloond.core.units import MiB, fmt_mib
 from balloond.programs.balloond import EX_INTERRUPTED, run_async
-from balloond.service.daemon import PRESSURE_REASONS
 
 GUEST_MIB = 512
 #: Scripted workloads: (guest, start as a fraction of the run, MiB, MiB/s, stop fraction).

@@ -112,6 +112,31 @@ class DaemonCollector:
         timeouts = CounterMetricFamily(
             "balloond_guest_qmp_timeouts", "QMP calls that got no answer in time", labels=g
         )
+        pressure = GaugeMetricFamily(
+            "balloond_guest_under_pressure",
+            "1 while the last decision said the guest needed memory (pressure, oom-risk, ...)",
+            labels=g,
+        )
+        oom = CounterMetricFamily(
+            "balloond_guest_oom_kills",
+            "Processes the guest's OOM killer ended since it booted (QEMU >= 9.2 reports it)",
+            labels=g,
+        )
+        floor = GaugeMetricFamily(
+            "balloond_guest_floor_bytes",
+            "The smallest size balloond would give the guest now (its last decision's floor)",
+            labels=g,
+        )
+        working_set = GaugeMetricFamily(
+            "balloond_guest_working_set_bytes",
+            "Available memory the guest's refaults showed it needs, in its floor now",
+            labels=g,
+        )
+        reserve = GaugeMetricFamily(
+            "balloond_guest_surge_reserve_bytes",
+            "Room kept above the floor for the guest's own worst recent surge",
+            labels=g,
+        )
         by_state = dict.fromkeys((s.value for s in LinkState), 0)
         now_wall = time.time()
         for name, guest in sorted(d.guests.items()):
@@ -138,8 +163,15 @@ class DaemonCollector:
                 decisions.add_metric([name, reason], count)
             errors.add_metric([name], r.errors_total)
             timeouts.add_metric([name], r.timeouts_total)
+            pressure.add_metric([name], 1 if r.under_pressure else 0)
+            if r.oom_kills is not None:
+                oom.add_metric([name], r.oom_kills)
+            if r.floor_bytes is not None:
+                floor.add_metric([name], r.floor_bytes)
+            working_set.add_metric([name], r.working_set_bytes or 0)
+            reserve.add_metric([name], r.surge_reserve_bytes or 0)
         yield from (actual, target, available, boot, age, info, features)
-        yield from (decisions, errors, timeouts)
+        yield from (decisions, errors, timeouts, pressure, oom, floor, working_set, reserve)
 
         guests = GaugeMetricFamily(
             "balloond_guests", "Managed guests by link state", labels=["state"]

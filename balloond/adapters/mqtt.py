@@ -676,3 +676,101 @@ def _close_socket(client: aiomqtt.Client) -> None:
     is pinned in pyproject.toml for it).
     """
     client._client._sock_close()
+
+
+# --- the fleet: every host's daemon on one broker (balloonctl fleet) ---------------------
+#: How long the fleet view listens for retained messages after subscribing.
+FLEET_LISTEN_S = 1.5
+
+
+@dataclass(slots=True)
+class HostView:
+    """One host's daemon as its retained topics show it."""
+
+    prefix: str
+    online: bool | None = None
+    guests: dict[str, dict[str, Any]] | None = None
+
+
+async def fleet_snapshot(
+    host: str, port: int, *, prefix_filter: str = "balloond/+", timeout_s: float = 10.0,
+    listen_s: float = FLEET_LISTEN_S,
+) -> dict[str, HostView]:  # fmt: skip
+    """Every host under ``prefix_filter`` (an MQTT filter of prefixes): its status and its
+    guests' retained states, read from the broker at ``host:port``."""
+    hosts: dict[str, HostView] = {}
+    status_filter = f"{prefix_filter}/status"
+    state_filter = f"{prefix_filter}/guest/+/state"
+    async with (
+        asyncio.timeout(timeout_s + listen_s),
+        _fleet_client(host, port, timeout_s) as client,
+    ):
+        await client.subscribe(status_filter, qos=1)
+        await client.subscribe(state_filter, qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(listen_s):
+                async for message in client.messages:
+                    _fleet_message(hosts, message)
+    return hosts
+
+
+def _fleet_message(hosts: dict[str, HostView], message: aiomqtt.Message) -> None:
+    topic = message.topic.value
+    raw = message.payload
+    payload = raw if isinstance(raw, bytes) else str(raw or "").encode()
+    if topic.endswith("/status"):
+        prefix = topic.removesuffix("/status")
+        hosts.setdefault(prefix, HostView(prefix)).online = payload == b"online"
+        return
+    head, _, _ = topic.rpartition("/guest/")
+    if not head or not topic.endswith("/state") or not payload:
+        return
+    try:
+        state = json.loads(payload)
+    except ValueError:
+        return
+    if isinstance(state, dict) and isinstance(state.get("name"), str):
+        view = hosts.setdefault(head, HostView(head))
+        if view.guests is None:
+            view.guests = {}
+        view.guests[state["name"]] = state
+
+
+async def fleet_request(
+    host: str, port: int, *, prefix: str, request: dict[str, Any], timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Send one request to the daemon publishing under ``prefix`` and return its reply
+    (MQTT v5 response topic and correlation data)."""
+    token = os.urandom(8).hex()
+    reply_topic = f"balloonctl/{token}/reply"
+    async with asyncio.timeout(timeout_s * 2), _fleet_client(host, port, timeout_s) as client:
+        await client.subscribe(reply_topic, qos=1)
+        props = _properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = reply_topic
+        props.CorrelationData = token.encode()
+        body = json.dumps(request, separators=(",", ":")).encode()
+        await client.publish(f"{prefix}/cmd", body, qos=1, properties=props)
+        async for message in client.messages:
+            raw = message.payload
+            if message.topic.value == reply_topic and isinstance(raw, bytes | str):
+                reply = json.loads(raw)
+                if isinstance(reply, dict):
+                    return reply
+    raise BrokerError("no reply")  # pragma: no cover  (the iteration ends only on error)
+
+
+@contextlib.asynccontextmanager
+async def _fleet_client(host: str, port: int, timeout_s: float) -> Any:
+    client = aiomqtt.Client(
+        host,
+        port,
+        identifier=f"balloonctl-{os.getpid()}-{os.urandom(3).hex()}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        timeout=timeout_s,
+        logger=logging.getLogger("balloond.adapters.mqtt.fleet"),
+    )
+    try:
+        async with client:
+            yield client
+    except aiomqtt.MqttError as exc:
+        raise BrokerError(f"{host}:{port}: {exc}") from exc

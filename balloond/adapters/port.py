@@ -55,6 +55,14 @@ class GuestReading:
     #: Link calls that failed, and those of them that timed out.
     errors_total: int
     timeouts_total: int
+    #: The last decision said the guest needed memory (pressure, oom-risk, ...).
+    under_pressure: bool = False
+    #: Processes the guest's OOM killer ended (QEMU >= 9.2 reports it; None elsewhere).
+    oom_kills: int | None = None
+    #: The floor of the last decision, and the working set and surge reserve in it.
+    floor_bytes: int | None = None
+    working_set_bytes: int | None = None
+    surge_reserve_bytes: int | None = None
 
 
 class ManagedGuest(Protocol):

@@ -13,11 +13,11 @@ from typing import Any, Literal, get_args
 from balloond.core.errors import RequestError
 
 #: One operation's name, as a request's ``op`` spells it.
-Op = Literal["status", "set", "pause", "resume", "policy", "explain", "reload"]
+Op = Literal["status", "set", "pause", "resume", "policy", "explain", "timeline", "reload"]
 #: Every operation, in the order help texts list them.
 OPS: tuple[Op, ...] = get_args(Op)
 #: Operations that change nothing (not logged as commands).
-READ_ONLY_OPS: frozenset[Op] = frozenset({"status", "explain"})
+READ_ONLY_OPS: frozenset[Op] = frozenset({"status", "explain", "timeline"})
 #: The largest request accepted, on any transport.
 MAX_REQUEST_BYTES = 64 * 1024
 

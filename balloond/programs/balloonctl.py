@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=REPLY_TIMEOUT_S, help="seconds to wait for a reply"
     )
+    p.add_argument(
+        "--broker",
+        metavar="HOST[:PORT]",
+        help="talk to a daemon over MQTT on this broker instead of the control socket",
+    )
+    p.add_argument(
+        "--host",
+        metavar="NAME",
+        help="with --broker: the daemon publishing under balloond/NAME (or a whole prefix)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     st = sub.add_parser("status", help="a table of guests (or one guest)")
@@ -111,6 +121,22 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="what the policy would decide for GUEST now, and why")
     e.add_argument("guest")
     e.add_argument("--json", action="store_true", help="print the reply as JSON")
+
+    sub.add_parser("top", help="a live view of the guests, refreshed each second (q quits)")
+
+    fl = sub.add_parser("fleet", help="every host's balloond on an MQTT broker (--broker)")
+    fl.add_argument(
+        "--prefix", default="balloond/+", help="MQTT filter of daemons' prefixes (%(default)s)"
+    )
+    fl.add_argument("--json", action="store_true", help="one object per host")
+
+    pl = sub.add_parser(
+        "plot", help="GUEST's memory over time, its balloon changes marked, as a PNG"
+    )
+    pl.add_argument("guest")
+    pl.add_argument("--since", default="1h", help="how far back, e.g. 10m, 1h (default 1h)")
+    pl.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    pl.add_argument("--json", action="store_true", help="print the timeline as JSON instead")
 
     r = sub.add_parser("reload", help="re-read the config file (an invalid one is refused)")
     r.add_argument("--json", action="store_true", help="print the reply as JSON")
@@ -401,6 +427,12 @@ def _build_request(args: argparse.Namespace) -> dict[str, Any]:
         return {"op": cmd, "all": True} if args.all else {"op": cmd, "guest": args.guest}
     if cmd == "explain":
         return {"op": "explain", "guest": args.guest}
+    if cmd == "plot":
+        try:
+            parse_duration(args.since)
+        except ValueError as exc:
+            raise CtlError(f"bad --since: {exc}", EXIT_USAGE) from None
+        return {"op": "timeline", "guest": args.guest, "since": args.since}
     if cmd == "reload":
         return {"op": "reload"}
     raise CtlError(f"unknown command {cmd!r}", EXIT_USAGE)  # pragma: no cover
@@ -419,13 +451,69 @@ def _render(args: argparse.Namespace, result: Any) -> str:
         return f"{names}: {result.get('mode')}"
     if cmd == "explain":
         return format_explain(result)
+    if cmd == "plot":
+        from balloond.programs.plot import PlotError, draw
+
+        try:
+            return draw(result, args.out)
+        except PlotError as exc:
+            raise CtlError(str(exc), EXIT_REFUSED) from None
     if cmd == "reload":
         return f"reloaded {result.get('reloaded') or 'the config'}"
     return json.dumps(result, indent=2)  # pragma: no cover
 
 
+def _fleet(args: argparse.Namespace) -> Any:
+    """``fleet``, or any command sent over MQTT (``--broker``); the result to render."""
+    from balloond.programs import fleet
+
+    try:
+        if args.command == "fleet":
+            if not args.broker:
+                raise CtlError("fleet needs --broker HOST[:PORT]", EXIT_USAGE)
+            hosts = fleet.snapshot(args.broker, prefix=args.prefix, timeout_s=args.timeout)
+            rows = fleet.summarise(hosts)
+            return rows if args.json else fleet.format_fleet(rows)
+        if not args.host:
+            raise CtlError("--broker needs --host NAME (or use `balloonctl fleet`)", EXIT_USAGE)
+        reply = fleet.send(
+            args.broker, host=args.host, request=_build_request(args), timeout_s=args.timeout
+        )
+    except fleet.FleetError as exc:
+        raise CtlError(str(exc), EXIT_NOT_RUNNING) from None
+    return _result(reply)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "fleet" or args.broker:
+        if args.command in ("top", "plot"):
+            print(f"balloonctl: {args.command} works on the control socket only", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            result = _fleet(args)
+            if args.command == "fleet" and not args.json:
+                print(result)
+            elif args.json:
+                print(json.dumps(result, indent=2, sort_keys=True))
+            else:
+                print(_render(args, result))
+        except CtlError as exc:
+            print(f"balloonctl: {exc}", file=sys.stderr)
+            return exc.status
+        except KeyboardInterrupt:
+            return 130
+        return EXIT_OK
+    if args.command == "top":
+        from balloond.programs.top import run as run_top
+
+        def ask(path: Path, req: dict[str, Any], *, timeout_s: float) -> Any:
+            return _result(request(path, req, timeout_s=timeout_s))
+
+        try:
+            return run_top(args.socket, timeout_s=args.timeout, request=ask)
+        except KeyboardInterrupt:
+            return 130
     try:
         req = _build_request(args)
         result = _result(request(args.socket, req, timeout_s=args.timeout))
@@ -439,6 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(result, indent=2, sort_keys=True))
         else:
             print(_render(args, result))
+    except CtlError as exc:
+        print(f"balloonctl: {exc}", file=sys.stderr)
+        return exc.status
     except BrokenPipeError:  # `balloonctl status | head`
         sys.stderr.close()
     return EXIT_OK

@@ -277,6 +277,12 @@ class DaemonConfig(_Section):
     history_s: float = Field(
         60.0, gt=0, description="seconds of samples kept per guest for the engine"
     )
+    timeline_s: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="seconds of each guest's timeline kept for plots"
+    )
+    timeline_interval_s: float = Field(
+        10.0, gt=0, le=3600, description="seconds between two points of a guest's timeline"
+    )
     qmp_timeout_s: float = Field(
         3.0, gt=0, le=60, description="seconds one QMP call may take before the guest is hung"
     )

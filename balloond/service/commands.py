@@ -102,12 +102,27 @@ class ExplainReq(_Req):
     guest: str
 
 
+class TimelineReq(_Req):
+    op: Literal["timeline"]
+    guest: str
+    #: How far back, seconds or "1h"; None: all the timeline keeps.
+    since: float | str | None = None
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, v: float | str | None) -> float | str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+
 class ReloadReq(_Req):
     op: Literal["reload"]
 
 
 Request = Annotated[
-    StatusReq | SetReq | PauseReq | PolicyReq | ExplainReq | ReloadReq, Field(discriminator="op")
+    StatusReq | SetReq | PauseReq | PolicyReq | ExplainReq | TimelineReq | ReloadReq,
+    Field(discriminator="op"),
 ]
 _REQUEST = TypeAdapter(Request)
 
@@ -234,6 +249,8 @@ class Commands:
             return ctrl.status()
         if isinstance(req, ExplainReq):
             return explain(self._guest(req.guest))
+        if isinstance(req, TimelineReq):
+            return timeline(self._guest(req.guest), since=req.since)
         if isinstance(req, ReloadReq):
             error = d.reload()
             if error is not None:
@@ -254,6 +271,22 @@ def check_bounds(ctrl: GuestController, size: int) -> None:
         raise OutOfBoundsError(
             f"{fmt_size(size)} is outside {ctrl.name}'s bounds {fmt_size(low)}..{fmt_size(high)}"
         )
+
+
+def timeline(ctrl: GuestController, *, since: float | str | None) -> dict[str, Any]:
+    """The guest's timeline: points (sizes in bytes) and balloon changes, oldest first."""
+    now = time.time()
+    since_wall = 0.0 if since is None else now - parse_duration(since)
+    tl = ctrl.timeline
+    return {
+        "guest": ctrl.name,
+        "now": now,
+        "interval_s": tl.interval_s,
+        "span_s": tl.span_s,
+        "boot_bytes": ctrl.link.boot_bytes,
+        "points": tl.points(since_wall=since_wall),
+        "changes": [c.as_dict() for c in tl.changes(since_wall=since_wall)],
+    }
 
 
 def explain(ctrl: GuestController) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from balloond.core.events import HoldExpired
 from balloond.core.link import GuestLink, LinkState
 from balloond.core.ops import OPS
 from balloond.core.policy import Reason, Reclaim, ResolvedPolicy, plan_host
+from balloond.core.policy.decision import PRESSURE_REASONS
 from balloond.core.stats import HostSnapshot
 from balloond.runtime.aio import sleep_unless
 from balloond.runtime.config import Config, load_config
@@ -45,9 +46,6 @@ log = logging.getLogger("balloond.service.daemon")
 STOP_BUDGET_S = 3.0
 #: How long shutdown waits for the last audit lines and the saved state to reach the disk.
 IO_DRAIN_S = 2.0
-
-#: Decision reasons that mean the guest needed memory.
-PRESSURE_REASONS = frozenset({"pressure", "oom-risk", "thrashing", "guest-deflate"})
 
 
 def _held_for_host(ctrl: GuestController) -> bool:
@@ -111,6 +109,8 @@ class Daemon:
             connect_timeout_s=d.qmp_timeout_s,
             history_len=d.history_len,
             device_recheck_s=d.device_recheck_s,
+            timeline_s=d.timeline_s,
+            timeline_interval_s=d.timeline_interval_s,
         )
 
     def _policy_resolver(
@@ -200,7 +200,7 @@ class Daemon:
             if ctrl.history and ctrl.link.boot_bytes:
                 reclaimed += max(0, ctrl.link.boot_bytes - ctrl.history[-1].actual_bytes)
             d = ctrl.last_decision
-            if d is not None and str(d.reason) in PRESSURE_REASONS:
+            if d is not None and d.reason in PRESSURE_REASONS:
                 pressured += 1
         return {
             "guests": len(self.guests),

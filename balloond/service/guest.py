@@ -39,8 +39,10 @@ from balloond.core.policy.books import (
     ExternalMove,
     GuestBooks,
 )
+from balloond.core.policy.decision import PRESSURE_REASONS
 from balloond.core.policy.observe import stale_after_s
 from balloond.core.stats import GuestSample
+from balloond.core.timeline import Timeline
 from balloond.core.units import fmt_size
 
 #: How long a guest without a balloon device waits before the link looks again
@@ -79,6 +81,9 @@ class Timing:
     history_len: int
     #: How long a guest without a balloon device waits before the link looks again.
     device_recheck_s: float = NO_DEVICE_RECHECK_S
+    #: The timeline kept for plots: its span and the time between two points.
+    timeline_s: float = 3600.0
+    timeline_interval_s: float = 10.0
 
 
 class GuestController:
@@ -112,6 +117,8 @@ class GuestController:
         self.log = logging.getLogger(f"balloond.guest.{name}")
         #: What this guest's engine decisions are made from, kept between polls.
         self.books = GuestBooks.new(name, history_len=timing.history_len)
+        #: What ``balloonctl plot`` draws: a compact point every few seconds, and changes.
+        self.timeline = Timeline(span_s=timing.timeline_s, interval_s=timing.timeline_interval_s)
         self.host_cap_bytes: int | None = None
         self.last_decision: Decision | None = None
         self.last_action: dict[str, Any] | None = None
@@ -163,6 +170,11 @@ class GuestController:
         re-applies the stats polling interval to QEMU at its next cycle."""
         self.timing = timing
         self.books.resize_history(timing.history_len)
+        tl = self.timeline
+        if (tl.span_s, tl.interval_s) != (timing.timeline_s, timing.timeline_interval_s):
+            self.timeline = Timeline(
+                span_s=timing.timeline_s, interval_s=timing.timeline_interval_s
+            )
         self.wake()
 
     def set_policy(self, name: str, policy_for: Callable[[int], ResolvedPolicy]) -> None:
@@ -223,6 +235,7 @@ class GuestController:
         last = self.history[-1] if self.history else None
         stats = last.stats if last else None
         link = self.link
+        decision = self.last_decision
         return GuestReading(
             state=link.state,
             mode=self.intent.mode.value,
@@ -237,6 +250,11 @@ class GuestController:
             decisions=self.decisions,
             errors_total=link.errors_total,
             timeouts_total=link.timeouts_total,
+            under_pressure=decision is not None and decision.reason in PRESSURE_REASONS,
+            oom_kills=stats.oom_kills if stats else None,
+            floor_bytes=decision.floor_bytes if decision else None,
+            working_set_bytes=decision.working_set_bytes if decision else None,
+            surge_reserve_bytes=decision.surge_reserve_bytes if decision else None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -255,6 +273,8 @@ class GuestController:
             "actual_bytes": last.actual_bytes if last else None,
             "target_bytes": self.target_bytes,
             "available_bytes": stats.available_bytes if stats else None,
+            "cache_bytes": stats.disk_caches_bytes if stats else None,
+            "free_bytes": stats.free_bytes if stats else None,
             "manual_target_bytes": intent.manual_target_bytes,
             "hold_until": intent.hold_until,
             "host_cap_bytes": self.host_cap_bytes,
@@ -401,6 +421,14 @@ class GuestController:
             t_s=now, actual_bytes=actual, stats=stats if stats.valid else None, read_bytes=reads
         )
         move = self.books.record(sample)
+        available = stats.available_bytes if stats.valid else None
+        self.timeline.add(
+            self._wall(),
+            size_bytes=actual,
+            target_bytes=self.books.target_bytes,
+            available_bytes=available,
+            used_bytes=None if available is None else max(0, actual - available),
+        )
         if move is not None:
             self._report_external(move, sample)
         if self._done():
@@ -538,6 +566,10 @@ class GuestController:
             **self._bounds(actor),
         }
         self.last_action = self.audit.write(record)
+        if old is not None and not self.dry_run:
+            self.timeline.change(
+                self._wall(), old_bytes=old, new_bytes=new, reason=reason, actor=actor
+            )
         if self._on_change is not None:
             self._on_change(self, BalloonChange(self.name, self.last_action))
 

@@ -72,6 +72,12 @@ class Reason(StrEnum):
     OFF = "off"
 
 
+#: Reasons that mean the guest needed memory: it is "under pressure".
+PRESSURE_REASONS = frozenset(
+    {Reason.PRESSURE, Reason.OOM_RISK, Reason.THRASHING, Reason.GUEST_DEFLATE}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The engine's answer for one guest at one moment.
