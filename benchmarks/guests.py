@@ -39,7 +39,9 @@ from typing import Any
 
 from balloond.core.policy import Reason
 from balloond.core.units import MiB
+from balloond.programs.plot import draw
 from balloond.runtime.config import Config, parse_config
+from balloond.service.commands import timeline
 from balloond.service.daemon import Daemon
 from benchmarks import run as bench_run
 from testkit.lab import LabGuest, LabImage, build_image
@@ -53,6 +55,8 @@ SURGE_MIB = 300
 SURGE_RATES = (100, 200, 400, 0)  # MiB/s; 0 is memhog's full speed
 SETTLE_TIMEOUT_S = 240.0
 OLD_POLICY = {"refault_threshold": "0MiB", "surge_reserve_max": "0MiB"}
+#: The surge run with deflate-on-oom off and the reserve on, as `balloonctl plot` draws it.
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "surge-plot.png"
 
 
 def _say(line: str) -> None:
@@ -66,6 +70,7 @@ def _config(workdir: Path, guest: LabGuest, **policy: Any) -> Config:
                 "poll_interval_s": 1.0,
                 "state_dir": str(workdir / "state"),
                 "runtime_dir": str(workdir / "run"),
+                "timeline_interval_s": 1.0,
             },
             "guests": [{"name": guest.name, "qmp": str(guest.qmp_socket)}],
             "policies": {"default": {"min_size": "128MiB", **policy}},
@@ -216,7 +221,12 @@ async def _surge(guest: LabGuest, rate: int) -> bool:
 
 
 async def _surges(
-    image: LabImage, workdir: Path, *, deflate_on_oom: bool, reserve: bool
+    image: LabImage,
+    workdir: Path,
+    *,
+    deflate_on_oom: bool,
+    reserve: bool,
+    plot: Path | None = None,
 ) -> SurgeResult:
     name = f"surge-{'doo' if deflate_on_oom else 'nodoo'}-{'r' if reserve else 'nr'}"
     guest = LabGuest(
@@ -237,10 +247,12 @@ async def _surges(
             for rate in SURGE_RATES:
                 survived[rate] = await _surge(guest, rate)
                 _say(
-                    f"  {name}: {rate or 'full speed'} MiB/s: "
+                    f"  {name}: {f'{rate} MiB/s' if rate else 'full speed'}: "
                     + ("survived" if survived[rate] else "OOM kill")
                 )
                 await _settled(daemon, name)
+            if plot is not None:
+                _say(draw(timeline(daemon.guests[name], since=None), plot))
     finally:
         await guest.stop()
     return SurgeResult(deflate_on_oom, reserve, floor / MiB, survived)
@@ -266,24 +278,56 @@ def _surge_table(results: Sequence[SurgeResult]) -> list[str]:
 # --- the report --------------------------------------------------------------------------
 
 
-async def _main(only: str | None) -> str:
-    image = build_image()
-    started = time.monotonic()
-    parts = [
+CACHE_HEADING = "### Page cache"
+CACHE_TEXT = (
+    f"A {GUEST_MIB} MiB guest reads a {FILES * FILE_MIB} MiB file set from a virtio-blk disk "
+    'over and over (`cat` of every file, then a second\'s pause), `min_size = "128MiB"`. '
+    f"Each run lasts {PAGECACHE_RUN_S:.0f} s; the numbers are over its last {WINDOW_S:.0f} s. "
+    "Disk reads and refaults are the guest's own counters (`pgpgin`, "
+    "`workingset_refault_file`); the throughput is the file set over the mean pass time. "
+    "The old default policy is the default without the working-set signal and the surge "
+    "reserve."
+)
+SURGE_HEADING = "### Surges faster than a stats read"
+SURGE_TEXT = (
+    f'A {GUEST_MIB} MiB guest at its floor (`min_size = "128MiB"`, after one learning surge '
+    f"of {SURGE_MIB} MiB at 100 MiB/s) allocates {SURGE_MIB} MiB at each rate in turn "
+    '(memhog), back at its floor in between. "OOM kill": the guest\'s OOM killer ended '
+    "memhog. The floor before the surges is what the guest keeps; the difference between "
+    "reserve on and off is the memory the reserve costs."
+)
+
+
+def _head() -> list[str]:
+    return [
         bench_run.GUESTS_HEADING,
         "",
-        "Written by `benchmarks/guests.py`; do not edit by hand.",
+        "Written by `benchmarks/guests.py` (`make bench-guests`, or `python -m "
+        "benchmarks.guests --only pagecache|surge` for one section); do not edit by hand.",
         "",
-        f"- Command: `python -m benchmarks.guests{f' --only {only}' if only else ''}` "
-        "(`make bench-guests`)",
-        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         *bench_run.machine(),
         "- Guests: QEMU under TCG, 512 MiB, the lab's Linux 6.1 guest, 1 s stats interval",
         "",
     ]
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The ``###`` sections of an earlier guests.md, by heading."""
+    out: dict[str, str] = {}
+    for chunk in text.split("\n### ")[1:]:
+        heading, _, body = chunk.partition("\n")
+        out[f"### {heading.strip()}"] = f"### {heading.strip()}\n{body.rstrip()}\n"
+    return out
+
+
+async def _main(only: str | None) -> dict[str, str]:
+    """The sections measured (heading -> Markdown)."""
+    image = build_image()
+    out: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="balloond-bench-") as tmp:
         workdir = Path(tmp)
         if only in (None, "pagecache"):
+            started = time.monotonic()
             results = []
             for mode, policy in (
                 ("no balloond", None),
@@ -292,21 +336,19 @@ async def _main(only: str | None) -> str:
             ):
                 _say(f"page cache: {mode}")
                 results.append(await _pagecache(image, workdir, mode, policy))
-            parts += [
-                "### Page cache",
-                "",
-                f"A {GUEST_MIB} MiB guest reads a {FILES * FILE_MIB} MiB file set from a "
-                "virtio-blk disk over and over (`cat` of every file, then a second's pause), "
-                f'`min_size = "128MiB"`. Each run lasts {PAGECACHE_RUN_S:.0f} s; the numbers '
-                f"are over its last {WINDOW_S:.0f} s. Disk reads and refaults are the guest's "
-                "own counters (`pgpgin`, `workingset_refault_file`); the throughput is the file "
-                "set over the mean pass time. The old default policy is the default without "
-                "the working-set signal and the surge reserve.",
-                "",
-                *_cache_table(results),
-                "",
-            ]
+            out[CACHE_HEADING] = _section(
+                [
+                    CACHE_HEADING,
+                    "",
+                    CACHE_TEXT,
+                    "",
+                    *_cache_table(results),
+                    "",
+                    _measured("pagecache", started),
+                ]
+            )
         if only in (None, "surge"):
+            started = time.monotonic()
             surges = []
             for doo in (False, True):
                 for reserve in (True, False):
@@ -314,36 +356,59 @@ async def _main(only: str | None) -> str:
                         f"surges: deflate-on-oom {'on' if doo else 'off'}, "
                         f"reserve {'on' if reserve else 'off'}"
                     )
+                    plot = PLOT if (doo, reserve) == (False, True) else None
                     surges.append(
-                        await _surges(image, workdir, deflate_on_oom=doo, reserve=reserve)
+                        await _surges(
+                            image, workdir, deflate_on_oom=doo, reserve=reserve, plot=plot
+                        )
                     )
-            parts += [
-                "### Surges faster than a stats read",
-                "",
-                f'A {GUEST_MIB} MiB guest at its floor (`min_size = "128MiB"`, after one learning '
-                f"surge of {SURGE_MIB} MiB at 100 MiB/s) allocates {SURGE_MIB} MiB at each rate in "
-                'turn (memhog), back at its floor in between. "OOM kill": the guest\'s OOM killer '
-                "ended memhog. The floor before the surges is what the guest keeps; the "
-                "difference between reserve on and off is the memory the reserve costs.",
-                "",
-                *_surge_table(surges),
-                "",
-            ]
-    parts.append(f"Measured in {(time.monotonic() - started) / 60:.0f} minutes.")
-    return "\n".join(parts) + "\n"
+            out[SURGE_HEADING] = _section(
+                [
+                    SURGE_HEADING,
+                    "",
+                    SURGE_TEXT,
+                    "",
+                    *_surge_table(surges),
+                    "",
+                    "The first row's guest as `balloonctl plot` draws its timeline (each "
+                    "change marked, coloured by its reason):",
+                    "",
+                    "![surges on a real guest](../docs/images/surge-plot.png)",
+                    "",
+                    _measured("surge", started),
+                ]
+            )
+    return out
+
+
+def _section(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def _measured(only: str, started: float) -> str:
+    return (
+        f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC in "
+        f"{(time.monotonic() - started) / 60:.0f} minutes "
+        f"(`python -m benchmarks.guests --only {only}`)."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.guests", description=__doc__)
     ap.add_argument("--only", choices=("pagecache", "surge"), help="one measurement only")
     args = ap.parse_args(argv)
-    text = asyncio.run(_main(args.only))
+    measured = asyncio.run(_main(args.only))
+    earlier = (
+        _sections(bench_run.GUESTS.read_text(encoding="utf-8")) if bench_run.GUESTS.exists() else {}
+    )
+    sections = {**earlier, **measured}
+    order = [h for h in (CACHE_HEADING, SURGE_HEADING) if h in sections]
+    text = "\n".join(_head()) + "\n" + "\n".join(sections[h] for h in order)
     print(text)
-    if args.only is None:
-        bench_run.GUESTS.write_text(text, encoding="utf-8")
-        if bench_run.REPORT.exists():
-            report = bench_run.REPORT.read_text(encoding="utf-8")
-            bench_run.REPORT.write_text(bench_run.with_carried(report), encoding="utf-8")
+    bench_run.GUESTS.write_text(text, encoding="utf-8")
+    if bench_run.REPORT.exists():
+        report = bench_run.REPORT.read_text(encoding="utf-8")
+        bench_run.REPORT.write_text(bench_run.with_carried(report), encoding="utf-8")
     return 0
 
 

@@ -4,6 +4,7 @@ capture-pane, against a running daemon's control socket."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from daemon_helpers import SCRIPTS, WAIT_S, running, until
 from balloond.adapters.control_socket import ControlAdapter
 from balloond.core.link import LinkState
 from balloond.core.units import GiB
-from balloond.programs.top import memory_bar, sparkline
+from balloond.programs.top import last_action, memory_bar, sparkline
 from balloond.runtime.config import parse_config
 from testkit.sim import SimFleet, SimGuestSpec
 
@@ -36,6 +37,10 @@ def test_sparkline_and_bar() -> None:
     bar = memory_bar(guest, cells=8)
     assert bar.plain == "██████░░"  # used 2, cache 2, free 2 of 8; 2 ballooned
     assert memory_bar({"boot_bytes": 1024}, cells=4).plain == "????"
+    action = {"time": "2026-11-30T10:00:00.000+00:00", "reason": "idle"}
+    now = dt.datetime(2026, 11, 30, 10, 0, 42, tzinfo=dt.UTC).timestamp()
+    assert last_action({"last_action": action}, now) == "idle 42s"
+    assert last_action({"last_action": None}, now) == "-"
 
 
 class Tmux:

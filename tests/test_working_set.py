@@ -78,10 +78,33 @@ def test_a_working_set_that_grows_into_the_balloon_gets_a_step_per_window() -> N
     assert (d.target_bytes, d.reason) == ((768 + 128) * MiB, Reason.WORKING_SET)
     assert "holds memory for the guest's working set" in d.explanation
     # ... then it waits a window to see it help, before another.
-    waiting = replace(g, last_deflate_s=1.0, last_report_s=2.0, last_reason=Reason.WORKING_SET)
+    waiting = replace(g, last_deflate_s=-10.0, last_report_s=2.0, last_reason=Reason.WORKING_SET)
     d = run(waiting, policy())
     assert (d.target_bytes, d.reason) == (None, Reason.WORKING_SET)
     assert "waiting to see it help" in d.explanation
+
+
+def test_after_a_give_back_it_waits_for_the_cache_to_refill() -> None:
+    g = guest(
+        reads(0.1, 12.0),
+        io_baseline_bps=0.1 * MiB,
+        last_inflate_s=0.0,
+        last_deflate_s=1.0,  # a give-back a second ago; its report came since
+        last_report_s=2.0,
+        last_reason=Reason.WORKING_SET,
+    )
+    d = run(g, policy())
+    assert (d.target_bytes, d.reason) == (None, Reason.WORKING_SET)
+    assert "waiting for its cache" in d.explanation
+
+
+def test_the_give_back_returns_what_the_inflate_took() -> None:
+    g = guest(
+        reads(0.1, 12.0), io_baseline_bps=0.1 * MiB, last_inflate_s=1.0,
+        last_inflate_from_bytes=1000 * MiB,
+    )  # fmt: skip
+    d = run(g, policy())
+    assert (d.target_bytes, d.reason) == (1000 * MiB, Reason.WORKING_SET)
 
 
 def test_a_guest_at_max_size_has_nothing_to_give_back() -> None:
@@ -157,7 +180,7 @@ def test_the_working_set_floor_decays_and_the_guest_is_reclaimed_again() -> None
         reads(0.1, 0.1),
         io_baseline_bps=0.1 * MiB,
         working_set_bytes=500 * MiB,
-        working_set_s=-4 * 1800.0,  # four half-lives ago: 31MiB, below the policy's keep
+        working_set_s=-4 * 3600.0,  # four half-lives ago: 31MiB, below the policy's keep
     )
     d = run(g, policy())
     assert d.reason is Reason.IDLE

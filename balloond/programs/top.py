@@ -15,6 +15,7 @@ daemon never freezes the screen.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -80,11 +81,18 @@ def sparkline(values: list[int], cells: int = SPARK_CELLS) -> str:
 
 
 def last_action(guest: Mapping[str, Any], now: float) -> str:
+    """``idle 12s``: the reason of the guest's last balloon change and how long ago."""
     action = guest.get("last_action")
     if not action:
         return "-"
-    ago = max(0, now - float(action.get("time") or now))
-    when = f"{ago:.0f}s" if ago < 120 else f"{ago / 60:.0f}m"
+    try:  # the audit record's time: UTC ISO 8601
+        at = dt.datetime.fromisoformat(str(action.get("time"))).timestamp()
+    except ValueError:
+        return str(action.get("reason"))
+    ago = max(0.0, now - at)
+    when = (
+        f"{ago:.0f}s" if ago < 120 else f"{ago / 60:.0f}m" if ago < 7200 else f"{ago / 3600:.0f}h"
+    )
     return f"{action.get('reason')} {when}"
 
 

@@ -27,9 +27,11 @@ from balloond.core.units import MiB
 #: A change of ``actual`` smaller than this is rounding in the guest driver, not a change.
 ACTUAL_TOLERANCE_BYTES = 4 * MiB
 #: How much of each new measurement goes into the guest's usual I/O rate (per report, away
-#: from inflates): slow, about a minute, so a working set that grows over minutes shows as
-#: a rise, while a guest that reads more of its own accord is soon its usual self again.
-IO_BASELINE_WEIGHT = 0.02
+#: from inflates). Upwards slowly, about a minute, so a working set that grows over minutes
+#: shows as a rise while a guest that reads more of its own accord is soon its usual self
+#: again; downwards fast, so a burst (a cold cache warming after boot) is soon forgotten.
+IO_BASELINE_UP = 0.02
+IO_BASELINE_DOWN = 0.3
 
 
 def moved_externally(
@@ -73,8 +75,9 @@ class GuestBooks:
     last_reason: Reason | None = None
     #: When the guest last sent a new stats report (before its first: when it connected).
     last_report_s: float | None = None
-    #: When balloond last inflated the guest.
+    #: When balloond last inflated the guest, and its size before that inflate.
     last_inflate_s: float | None = None
+    last_inflate_from_bytes: int | None = None
     #: The guest's usual I/O rate for refaults (bytes/s), measured away from inflates.
     io_baseline_bps: float | None = None
     #: The working set refaults showed the guest needs (available bytes), and since when.
@@ -134,6 +137,7 @@ class GuestBooks:
             self.last_deflate_s = now_s
         elif current is not None and target_bytes < current:
             self.last_inflate_s = now_s
+            self.last_inflate_from_bytes = current
         self.target_bytes = target_bytes
         if reason is not None:
             self.last_reason = reason
@@ -153,7 +157,11 @@ class GuestBooks:
         if io is not None and fresh and quiet:
             self._baseline_report_s = self.last_report_s
             base = self.io_baseline_bps
-            self.io_baseline_bps = io if base is None else base + IO_BASELINE_WEIGHT * (io - base)
+            if base is None:
+                self.io_baseline_bps = io
+            else:
+                weight = IO_BASELINE_UP if io > base else IO_BASELINE_DOWN
+                self.io_baseline_bps = base + weight * (io - base)
         if (
             decision.reason is Reason.WORKING_SET
             and decision.target_bytes is not None
@@ -194,6 +202,7 @@ class GuestBooks:
             last_report_s=self.last_report_s,
             last_reason=self.last_reason,
             last_inflate_s=self.last_inflate_s,
+            last_inflate_from_bytes=self.last_inflate_from_bytes,
             io_baseline_bps=self.io_baseline_bps,
             working_set_bytes=self.working_set_bytes,
             working_set_s=self.working_set_s,

@@ -27,8 +27,10 @@ The ladder, first match wins:
    while its available memory still looks ample: the balloon holds page cache the guest
    works from. No inflate; give one inflate step back. Within ``refault_window_s`` of an
    inflate (the inflate did it) once per guest report; otherwise (the working set grew, or
-   the guest reads more of its own accord) once per ``refault_window_s``. The books keep a
-   working-set floor that decays slowly.
+   the guest reads more of its own accord) once per ``refault_window_s``. After an inflate
+   the step given back is the one the inflate took (back to the size before it); a few
+   polls pass before another, while the guest's cache refills. The books keep a
+   working-set floor (the size given back to) that decays slowly.
 4. Below the floor (``min_size``, or used + keep + surge reserve, with keep
    ``max(free_low, cache_floor, working set)``): deflate to it.
 5. Above the ceiling (``max_size``, or the host cap): inflate straight to it. Not step-limited:
@@ -74,6 +76,9 @@ THRASH_SWAP_IN_BPS = 1 * MiB
 THRASH_MAJOR_FAULTS_PER_S = 500.0
 
 
+#: Polls (of at least 1 s) to wait after a working-set give-back before another: the
+#: guest's reads stay up until its cache has refilled.
+WORKING_SET_SETTLE_POLLS = 3
 #: Seconds the balloon takes to move once asked (lab: 0.2-0.3 s for 512 MiB under TCG; a
 #: margin for a busy host). With a stats interval it makes the time balloond needs to react.
 BALLOON_MOVE_S = 1.0
@@ -481,6 +486,16 @@ def decide(
                 None, Reason.WORKING_SET, f"{why}; the last give-back is not in a report yet"
             )
         if (
+            given is not None
+            and guest.last_reason is Reason.WORKING_SET
+            and now_s - given < WORKING_SET_SETTLE_POLLS * max(poll_interval_s, 1.0)
+        ):
+            # The cache refills only as the guest reads its files again: its reads stay
+            # up for a pass or two after a give-back. Wait for that before another.
+            return frame.answer(
+                None, Reason.WORKING_SET, f"{why}; gave memory back, waiting for its cache"
+            )
+        if (
             not signal.after_inflate
             and given is not None
             and guest.last_reason is Reason.WORKING_SET
@@ -493,8 +508,11 @@ def decide(
                 Reason.WORKING_SET,
                 f"{why}; gave a step back {now_s - given:.0f}s ago, waiting to see it help",
             )
-        step = max(policy.max_inflate_step_bytes, policy.min_change_bytes)
-        return frame.deflate(want=current + step, limit=ceiling, reason=Reason.WORKING_SET, why=why)
+        want = current + max(policy.max_inflate_step_bytes, policy.min_change_bytes)
+        before = guest.last_inflate_from_bytes
+        if signal.after_inflate and before is not None and before > current:
+            want = before  # back to where the guest was before the inflate that did it
+        return frame.deflate(want=want, limit=ceiling, reason=Reason.WORKING_SET, why=why)
 
     if current < floor:
         why = f"below {frame.floor_text(with_used=True)}"

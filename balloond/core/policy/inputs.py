@@ -60,7 +60,7 @@ class ResolvedPolicy:
     refault_window_s: float = 60.0
     #: The working-set floor halves this often, so a guest whose working set shrank is
     #: reclaimed again (and one whose did not, probed again) later.
-    working_set_halflife_s: float = 1800.0
+    working_set_halflife_s: float = 3600.0
     #: The surge reserve's cap: the fastest recent decline of available memory times the
     #: time balloond needs to react, kept above the floor, at most this. 0: off.
     surge_reserve_max_bytes: int = 0
@@ -103,8 +103,9 @@ class GuestView:
     #: Reason of the last decision that set a target, so the engine can tell a guest it
     #: squeezed for the host (and should hand memory back to) from one that is simply idle.
     last_reason: Reason | None = None
-    #: When balloond last inflated this guest, and by how much.
+    #: When balloond last inflated this guest, and the size it had before that inflate.
     last_inflate_s: float | None = None
+    last_inflate_from_bytes: int | None = None
     #: The guest's own I/O rate for refaults (bytes/s) away from balloond's inflates: the
     #: level a rise is measured from. None until measured.
     io_baseline_bps: float | None = None
