@@ -111,9 +111,29 @@ def _quality(quick: bool) -> str:
     return quality.main(quick, OUT_DIR)
 
 
+def _earlier_sections() -> dict[str, str]:
+    """The current report's head and ``## `` sections (carried ones left out), by heading."""
+    if not REPORT.exists():
+        return {}
+    text = REPORT.read_text(encoding="utf-8")
+    for heading, _ in CARRIED:
+        text = text.split(f"\n{heading}\n", 1)[0]
+    head, *chunks = text.split("\n## ")
+    out = {"head": head.rstrip() + "\n"}
+    for chunk in chunks:
+        title = "## " + chunk.split("\n", 1)[0].strip()
+        out[title] = "## " + chunk.rstrip() + "\n"
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short windows, about two minutes")
+    ap.add_argument(
+        "--only",
+        choices=("scale", "quality"),
+        help="run one benchmark; the other's section is kept from the current RESULTS.md",
+    )
     args = ap.parse_args(argv)
     quick: bool = args.quick
     started = time.monotonic()
@@ -121,9 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     when = dt.datetime.now(dt.UTC)
     say(f"benchmarks ({'quick' if quick else 'full'}); the report goes to {REPORT}")
 
+    earlier = _earlier_sections() if args.only else {}
     results = [
-        _section("scale", lambda: scale.main(quick, OUT_DIR, say), say),
-        _section("quality", lambda: _quality(quick), say),
+        (earlier["## Scale"], True)
+        if args.only == "quality" and "## Scale" in earlier
+        else _section("scale", lambda: scale.main(quick, OUT_DIR, say), say),
+        (earlier["## Policy quality"], True)
+        if args.only == "scale" and "## Policy quality" in earlier
+        else _section("quality", lambda: _quality(quick), say),
     ]
     command = "python -m benchmarks.run" + (" --quick" if quick else "")
     elapsed = time.monotonic() - started
@@ -137,6 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         *machine(),
         "",
     ]
+    if args.only and "head" in earlier:
+        head = [
+            *earlier["head"].rstrip().splitlines(),
+            f"- Then `{command} --only {args.only}` on {when:%Y-%m-%d %H:%M} UTC "
+            f"({elapsed / 60:.1f} minutes) measured the {args.only} section again",
+            "",
+        ]
     body = [text.rstrip() + "\n" for text, _ in results]
     report = "\n".join(head) + "\n" + "\n".join(body)
     REPORT.write_text(with_carried(report), encoding="utf-8")

@@ -119,8 +119,11 @@ async def test_fleet_shows_every_host_and_a_command_reaches_one(
         )
         assert status == 0, err
         assert "h2-vm1: held at 600 MiB" in out
-        intent = daemons["h2"].guests["h2-vm1"].intent
-        assert (intent.mode, intent.manual_target_bytes) == (Mode.MANUAL, 600 * MiB)
+        moved = daemons["h2"].guests["h2-vm1"]
+        assert (moved.intent.mode, moved.intent.manual_target_bytes) == (Mode.MANUAL, 600 * MiB)
+        assert await until(
+            lambda: bool(moved.history) and abs(moved.history[-1].actual_bytes - 600 * MiB) <= MiB
+        ), "the balloon did not move to 600MiB"
         assert daemons["h1"].guests["h1-vm1"].intent.mode is Mode.AUTO
         # An unknown host: a clear error, not a hang.
         status, _, err = await ctl(

@@ -180,7 +180,7 @@ def test_the_working_set_floor_decays_and_the_guest_is_reclaimed_again() -> None
         reads(0.1, 0.1),
         io_baseline_bps=0.1 * MiB,
         working_set_bytes=500 * MiB,
-        working_set_s=-4 * 3600.0,  # four half-lives ago: 31MiB, below the policy's keep
+        working_set_s=-4 * 1800.0,  # four half-lives ago: 31MiB, below the policy's keep
     )
     d = run(g, policy())
     assert d.reason is Reason.IDLE

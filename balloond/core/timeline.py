@@ -94,7 +94,7 @@ class Timeline:
         Unknown amounts are kept as -1."""
         if self._count:
             last = self._times[(self._next - 1) % self.slots]
-            if t_wall - last < self.interval_s:
+            if t_wall - last < 0.9 * self.interval_s:  # polls jitter around the interval
                 return False
         i = self._next
         self._times[i] = t_wall

@@ -564,7 +564,7 @@ class Policy(_Section):
         60.0, gt=0, description="how long after an inflate a rise in refaults is blamed on it"
     )
     working_set_halflife_s: float = Field(
-        3600.0, gt=0, description="the working-set floor halves this often"
+        1800.0, gt=0, description="the working-set floor halves this often"
     )
     surge_reserve_max: SizeOrPercent = Field(
         _pct(25),

@@ -60,7 +60,7 @@ class ResolvedPolicy:
     refault_window_s: float = 60.0
     #: The working-set floor halves this often, so a guest whose working set shrank is
     #: reclaimed again (and one whose did not, probed again) later.
-    working_set_halflife_s: float = 3600.0
+    working_set_halflife_s: float = 1800.0
     #: The surge reserve's cap: the fastest recent decline of available memory times the
     #: time balloond needs to react, kept above the floor, at most this. 0: off.
     surge_reserve_max_bytes: int = 0
