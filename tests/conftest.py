@@ -3,6 +3,7 @@
 * ``lab_image``: the guest image, built (or found in the cache) once per session.
 * ``make_guest``: a factory that boots guests in the test's tmp dir and always stops them.
 * ``lab_guest``: one booted 512 MiB guest with a balloon device and the driver loaded.
+* ``broker``: a real Mosquitto on a free port (tests/mqtt_helpers.py), stopped at the end.
 
 A test fails if it leaves a QEMU child process running or an asyncio task unfinished:
 leaks make later tests flaky and slow, so they are caught where they happen.
@@ -13,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mqtt_helpers import Broker
 
 from testkit.lab import LabGuest, LabImage, build_image
 
@@ -61,6 +64,18 @@ async def make_guest(lab_image: LabImage, tmp_path: Path) -> AsyncIterator[Guest
     finally:
         for guest in reversed(guests):
             await guest.stop()
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed (make system)")
+    b = Broker(tmp_path)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,18 +22,6 @@ from testkit.sim import SimFleet, SimGuestSpec
 
 pytestmark = pytest.mark.broker
 HOSTS = ("h1", "h2", "h3")
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed (make system)")
-    b = Broker(tmp_path)
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.stop()
 
 
 @contextlib.asynccontextmanager

@@ -65,21 +65,6 @@ from testkit.lab import LabGuest
 GuestFactory = Callable[..., Awaitable[LabGuest]]  # the make_guest fixture
 
 
-# --- a real broker -------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed (make system)")
-    b = Broker(tmp_path)
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.stop()
-
-
 # --- a test client -------------------------------------------------------------------------
 
 

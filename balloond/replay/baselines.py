@@ -188,15 +188,10 @@ class _PveGuest:
     shares: int = 1000
 
 
-class ProxmoxController:
-    """Proxmox VE's auto-ballooning (see the module docstring)."""
+class _Bounded:
+    """A baseline that keeps each guest within its (min, max) bounds."""
 
-    name = "proxmox"
-    interval_s = 10.0
     frees_pages = False
-    TARGET_USE = 0.80
-    MAX_CHANGE_BYTES = 100 * MiB
-    MIN_GOAL_BYTES = 10 * MiB
 
     def __init__(self, bounds: Bounds = boot_bounds) -> None:
         self._bounds = bounds
@@ -204,6 +199,16 @@ class ProxmoxController:
 
     def start(self, *, boot_bytes: Mapping[str, int]) -> None:
         self._limits = {name: self._bounds(name, boot) for name, boot in boot_bytes.items()}
+
+
+class ProxmoxController(_Bounded):
+    """Proxmox VE's auto-ballooning (see the module docstring)."""
+
+    name = "proxmox"
+    interval_s = 10.0
+    TARGET_USE = 0.80
+    MAX_CHANGE_BYTES = 100 * MiB
+    MIN_GOAL_BYTES = 10 * MiB
 
     def poll(
         self, *, now_s: float, samples: Mapping[str, GuestSample], host: HostSnapshot
@@ -282,22 +287,14 @@ def _compute_alg1(
     return res
 
 
-class UsableBandController:
+class UsableBandController(_Bounded):
     """A host-blind band of usable memory, in fixed steps (see the module docstring)."""
 
     name = "usable-band"
     interval_s = 10.0
-    frees_pages = False
     LOW_SHARE = 0.25
     HIGH_SHARE = 0.35
     STEP_BYTES = 64 * MiB
-
-    def __init__(self, bounds: Bounds = boot_bounds) -> None:
-        self._bounds = bounds
-        self._limits: dict[str, tuple[int, int]] = {}
-
-    def start(self, *, boot_bytes: Mapping[str, int]) -> None:
-        self._limits = {name: self._bounds(name, boot) for name, boot in boot_bytes.items()}
 
     def poll(
         self, *, now_s: float, samples: Mapping[str, GuestSample], host: HostSnapshot
