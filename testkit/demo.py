@@ -4,7 +4,8 @@ It boots three small guests from :mod:`testkit.lab`, runs the daemon in-process 
 example policy from ``config/balloond.toml`` and plays a scripted workload:
 
 * ``idle``: does nothing, so balloond reclaims its idle memory down to the floor;
-* ``ramp``: after a quarter of the run allocates a large block at 50 MiB/s (balloond must
+* ``ramp``: after a quarter of the run (once balloond has reclaimed it, half the run at
+  the latest) allocates a large block at 50 MiB/s (balloond must
   deflate in time to avoid an OOM kill), and releases it later (balloond reclaims again);
 * ``steady``: holds a moderate working set throughout.
 
@@ -23,11 +24,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from balloond.core.events import BalloonChange
+from balloond.core.policy import Reason
 from balloond.core.policy.decision import PRESSURE_REASONS
 from balloond.core.units import MiB, fmt_mib
 from balloond.programs.balloond import EX_INTERRUPTED, run_async
@@ -127,7 +130,13 @@ async def run_demo(*, duration_s: float = 60.0, n_guests: int = 3) -> int:
             flush=True,
         )
         daemon_task = asyncio.create_task(daemon.run(), name="daemon")
-        script = asyncio.create_task(_script(guests, duration_s, stop), name="workloads")
+
+        def settled(name: str) -> bool:
+            ctrl = daemon.guests.get(name)
+            decision = ctrl.last_decision if ctrl is not None else None
+            return decision is not None and decision.reason in (Reason.AT_FLOOR, Reason.IN_BAND)
+
+        script = asyncio.create_task(_script(guests, duration_s, stop, settled), name="workloads")
         started = time.monotonic()
         tty = sys.stdout.isatty()
         every = 1.0 if tty else 5.0
@@ -179,8 +188,16 @@ async def run_demo(*, duration_s: float = 60.0, n_guests: int = 3) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _script(guests: dict[str, Any], duration_s: float, stop: asyncio.Event) -> None:
-    """Start and stop the scripted memory workloads at their times."""
+async def _script(
+    guests: dict[str, Any],
+    duration_s: float,
+    stop: asyncio.Event,
+    settled: Callable[[str], bool] = lambda name: True,
+) -> None:
+    """Start and stop the scripted memory workloads at their times. A load that starts
+    later waits, until half the run at most, for balloond to have reclaimed its guest
+    (``settled``): the demo shows a surge met from the floor, not one that lands on a
+    guest still being inflated with stats a second old."""
     events: list[tuple[float, str, str, int, int]] = []
     for name, start, mib, rate, end in WORKLOADS:
         if name in guests:
@@ -197,6 +214,13 @@ async def _script(guests: dict[str, Any], duration_s: float, stop: asyncio.Event
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
+            if what == "start" and at > 0:
+                latest = t0 + duration_s / 2
+                # A decision is a state, not an event: look ten times a second.
+                while not settled(name) and time.monotonic() < latest and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.1):
+                            await stop.wait()
             if stop.is_set():
                 return
             if what == "start":

@@ -481,6 +481,10 @@ def decide(
             f"balloon {eating} the guest's working set"
         )
         given = guest.last_deflate_s
+        # Below its floor (a surge raised the reserve) the guest gets the floor now: the
+        # waits below are for a guest whose only want is its cache.
+        if current < floor:
+            given = None
         if given is not None and guest.last_report_s is not None and given >= guest.last_report_s:
             return frame.answer(
                 None, Reason.WORKING_SET, f"{why}; the last give-back is not in a report yet"
