@@ -269,8 +269,10 @@ class _Frame:
         surge reserve 60MiB)``; ``with_used``: ``(used 40MiB)`` otherwise."""
         text = f"the floor {explain.size(self.floor)}"
         keep = self.keep
-        if not (keep.working_set or keep.reserve) or self.floor >= self.policy.max_bytes:
+        if not (keep.working_set or keep.reserve):
             return f"{text} (used {explain.size(self.obs.used_bytes)})" if with_used else text
+        if self.floor >= self.policy.max_bytes:
+            text += ", max_size"
         parts = [f"used {explain.size(self.obs.used_bytes)}"]
         if keep.working_set:
             parts.append(f"working set {explain.size(keep.working_set)}")
