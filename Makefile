@@ -10,7 +10,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Commands the lab and the tests need, and the Debian package that brings each.
 SYSTEM_CMDS := qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mosquitto:mosquitto \
                mosquitto_pub:mosquitto-clients cpio:cpio gcc:gcc systemd-analyze:systemd \
-               stress-ng:stress-ng mkfs.ext4:e2fsprogs promtool:prometheus tmux:tmux
+               stress-ng:stress-ng mkfs.ext4:e2fsprogs promtool:prometheus tmux:tmux \
+               virsh:libvirt-clients pkg-config:pkg-config
 DURATION ?= 60
 # make soak: how long the soak runs, in minutes.
 MINUTES ?= 10
@@ -34,6 +35,10 @@ $(STAMPS)/system:
 	@missing=""; for pair in $(SYSTEM_CMDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
 	[ -f /usr/include/stdlib.h ] || missing="$$missing libc6-dev"; \
+	[ -f /usr/include/libvirt/libvirt.h ] || missing="$$missing libvirt-dev"; \
+	[ -x /usr/sbin/libvirtd ] || missing="$$missing libvirt-daemon-system"; \
+	$(PYTHON) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+	  || missing="$$missing python3-dev"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing system packages:$$missing"; \
@@ -48,7 +53,7 @@ venv: $(STAMPS)/venv
 $(STAMPS)/venv: pyproject.toml | $(STAMPS)/system
 	@echo "==> creating $(VENV) and installing balloond with its dev tools"
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench,libvirt]'
 	@# The test kit (testkit/: the lab, the QMP simulator, the demo) is not in the wheel;
 	@# for development the checkout goes on the venv's path, so that it imports anywhere.
 	@$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "balloond-testkit.pth").write_text("$(CURDIR)\n")'

@@ -4,6 +4,8 @@
 * ``make_guest``: a factory that boots guests in the test's tmp dir and always stops them.
 * ``lab_guest``: one booted 512 MiB guest with a balloon device and the driver loaded.
 * ``broker``: a real Mosquitto on a free port (tests/mqtt_helpers.py), stopped at the end.
+* ``daemons``: ``balloond run`` subprocesses a test starts, killed at the end;
+  ``short_dir``: a short directory for unix sockets.
 
 A test fails if it leaves a QEMU child process running or an asyncio task unfinished:
 leaks make later tests flaky and slow, so they are caught where they happen.
@@ -16,11 +18,13 @@ import contextlib
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import Balloond
 from mqtt_helpers import Broker
 
 from testkit.lab import LabGuest, LabImage, build_image
@@ -76,6 +80,25 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         yield b
     finally:
         await b.stop()
+
+
+@pytest.fixture
+async def daemons(tmp_path: Path) -> AsyncIterator[list[Balloond]]:
+    """Every Balloond a test starts goes in here and is killed at the end, whatever happened."""
+    started: list[Balloond] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            await d.kill()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A runtime dir with a short path: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ async def until(check: Callable[[], bool], *, timeout_s: float = WAIT_S) -> bool
         await asyncio.sleep(0.05)
     return True
 
+
+#: How long a test waits for something a ``balloond run`` subprocess does, seen through
+#: balloonctl.
+CTL_WAIT_S = 60.0
 
 #: The venv's scripts (balloond, balloonctl).
 SCRIPTS = Path(sys.executable).parent
@@ -90,3 +95,55 @@ class Balloond:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+
+# --- talking to a `balloond run` subprocess through balloonctl ---------------------------
+
+
+async def balloonctl(sock: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPTS / "balloonctl"),
+        "--socket",
+        str(sock),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(CTL_WAIT_S):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def status_json(sock: Path, guest: str | None = None) -> dict[str, Any]:
+    rc, out, err = await balloonctl(sock, "status", *([guest] if guest else []), "--json")
+    assert rc == 0, err
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def wait_until(
+    what: str,
+    probe: Callable[[], Awaitable[bool]],
+    daemon: Balloond | None = None,
+    timeout_s: float = CTL_WAIT_S,
+) -> None:
+    """Poll ``probe`` until it holds; AssertionError naming ``what`` (and the tail of the
+    daemon's log) when the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.25)
+    log = f"; balloond log:\n{daemon.log()[-4000:]}" if daemon is not None else ""
+    raise AssertionError(f"gave up waiting for {what}{log}")
+
+
+async def wait_serving(sock: Path, daemon: Balloond, guest: str) -> None:
+    """Until balloonctl answers and the guest's link is active."""
+
+    async def probe() -> bool:
+        rc, out, _ = await balloonctl(sock, "status", guest, "--json")
+        return rc == 0 and json.loads(out)["state"] == "active"
+
+    await wait_until(f"{guest} to be active behind {sock}", probe, daemon)

@@ -23,7 +23,9 @@ from balloond.runtime.config import (
     DaemonConfig,
     DiscoveryConfig,
     HostConfig,
+    LibvirtConfig,
     Policy,
+    ProxmoxConfig,
     StaticGuest,
     config_schema,
     load_config,
@@ -53,6 +55,8 @@ def test_reference_file_documents_every_key_with_its_default() -> None:
         ("daemon", DaemonConfig),
         ("guests", StaticGuest),
         ("discovery", DiscoveryConfig),
+        ("proxmox", ProxmoxConfig),
+        ("libvirt", LibvirtConfig),
         ("host", HostConfig),
         ("policies.default", Policy),
     ]

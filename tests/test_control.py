@@ -243,6 +243,7 @@ def test_status_table_in_mib() -> None:
             {
                 "name": "web",
                 "state": "active",
+                "way": "libvirt",
                 "mode": "manual",
                 "policy": "default",
                 "actual_bytes": 512 << 20,
@@ -265,7 +266,7 @@ def test_status_table_in_mib() -> None:
     assert "REFUSED" in text
     assert "min_size" in text
     row = text.splitlines()[-1].split()
-    assert row[:5] == ["web", "active", "512", "512", "300"]
+    assert row[:6] == ["web", "active", "libvirt", "512", "512", "300"]
     assert "manual (9m left)" in text
     assert "1024->512 by operator" in text
     assert row[-1] == "manual"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balloond.adapters.discovery import discover, name_from_path
+from balloond.adapters.discovery import GuestSpec, Way, discover, name_from_path
 from balloond.adapters.procfs import parse_meminfo, parse_psi_some_avg10, read_host
 from balloond.adapters.qmp import QmpLink
 from balloond.core.errors import DisconnectedError
@@ -122,23 +122,29 @@ def test_read_host_on_this_machine() -> None:
 
 def test_discover_static_and_globs(tmp_path: Path) -> None:
     socks = []
-    for name in ("101", "vm two"):
+    for name in ("101", "vm two", "shared/7"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         s = socket.socket(socket.AF_UNIX)
         s.bind(str(tmp_path / f"{name}.qmp"))
         socks.append(s)
     (tmp_path / "notasocket.qmp").write_text("")
+    static = GuestSpec("static", Way.QMP, "/nonexistent/static.qmp", "config")
+    libvirt = GuestSpec("101", Way.LIBVIRT, "qemu:///system 101", "libvirt")
     try:
         found = discover(
-            static=[("static", Path("/nonexistent/static.qmp"))],
+            static=[static],
             globs=[str(tmp_path / "*.qmp")],
+            shared_globs=[str(tmp_path / "shared" / "*.qmp")],
+            found=[[libvirt]],
         )
     finally:
         for s in socks:
             s.close()
-    assert found == {
-        "static": Path("/nonexistent/static.qmp"),
-        "101": tmp_path / "101.qmp",
-        "vm_two": tmp_path / "vm two.qmp",
+    assert {name: (spec.way, spec.address) for name, spec in found.items()} == {
+        "static": (Way.QMP, "/nonexistent/static.qmp"),
+        "101": (Way.QMP, str(tmp_path / "101.qmp")),  # the first source keeps the name
+        "vm_two": (Way.QMP, str(tmp_path / "vm two.qmp")),
+        "7": (Way.QMP_SHARED, str(tmp_path / "shared" / "7.qmp")),
     }
     assert name_from_path(Path("/x/a;b.qmp")) == "a_b"
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from daemon_helpers import SCRIPTS, Balloond
+from daemon_helpers import Balloond, balloonctl, status_json, wait_serving, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from balloond.core.units import MiB
@@ -62,68 +58,6 @@ name = "{guest.name}"
 qmp = "{guest.qmp_socket}"
 
 {metrics}"""
-
-
-@pytest.fixture
-async def daemons(tmp_path: Path) -> AsyncIterator[list[Balloond]]:
-    """Every Balloond a test starts goes in here and is killed at the end, whatever happened."""
-    started: list[Balloond] = []
-    try:
-        yield started
-    finally:
-        for d in started:
-            await d.kill()
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A runtime dir with a short path: unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-async def balloonctl(sock: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(SCRIPTS / "balloonctl"),
-        "--socket",
-        str(sock),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(WAIT_S):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-async def status_json(sock: Path, guest: str | None = None) -> dict[str, Any]:
-    rc, out, err = await balloonctl(sock, "status", *([guest] if guest else []), "--json")
-    assert rc == 0, err
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
-async def wait_until(
-    what: str, probe: Callable[[], Awaitable[bool]], daemon: Balloond, timeout_s: float = WAIT_S
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await probe():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"gave up waiting for {what}; balloond log:\n{daemon.log()[-4000:]}")
-
-
-async def wait_serving(sock: Path, daemon: Balloond, guest: str) -> None:
-    """Until balloonctl answers and the guest's link is active."""
-
-    async def probe() -> bool:
-        rc, out, _ = await balloonctl(sock, "status", guest, "--json")
-        return rc == 0 and json.loads(out)["state"] == "active"
-
-    await wait_until(f"{guest} to be active behind {sock}", probe, daemon)
 
 
 # --- systemd: notify, reload, stop ------------------------------------------------------
@@ -270,7 +204,7 @@ async def test_balloonctl_holds_and_metrics(
     lines = out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("GUEST"))
     header, row = lines[at : at + 2]
-    assert header.split()[:3] == ["GUEST", "STATE", "ACTUAL"]
+    assert header.split()[:4] == ["GUEST", "STATE", "VIA", "ACTUAL"]
     # The lab's devices have deflate-on-oom off: the table says so under the rows.
     assert "deflate-on-oom off: vm2" in out
     name, link_state, actual_mib = row.split()[:3]

@@ -1,23 +1,81 @@
-"""Which guests exist: static entries from the config plus globs over QMP socket paths.
+"""Which guests exist, and how each is reached: a :class:`GuestSpec` per guest.
 
-Hosts keep a QMP socket per VM in one directory (balloond wants sockets of its own, since
-QEMU serves one client per socket: e.g. /run/balloond-qmp/<vmid>.qmp). A glob finds them,
-named by the file stem; static entries name a guest explicitly. Discovery is rescanned
-while the daemon runs, so guests can come and go.
+Sources, merged in this order (the first to claim a name keeps it):
+
+* ``[[guests]]`` entries from the config name a guest and its QMP socket by hand;
+* ``[discovery] globs`` match QMP sockets of balloond's own (QEMU serves one client per
+  socket: e.g. ``-qmp unix:/run/balloond-qmp/<vmid>.qmp``), named by the file stem;
+* ``[discovery] shared_globs`` match QMP sockets other clients use too: balloond connects
+  for each cycle only (:class:`~balloond.adapters.qmp.SharedQmpLink`);
+* ``[proxmox]``: Proxmox VE's own sockets, named and bounded by its VM configs
+  (:func:`balloond.adapters.proxmox.proxmox_guests`);
+* ``[libvirt]``: domains a libvirt daemon runs, followed through its events
+  (:mod:`balloond.adapters.libvirt`).
+
+The file sources are rescanned while the daemon runs, so guests can come and go.
 """
 
 from __future__ import annotations
 
+import enum
 import glob
 import logging
 import re
 import stat
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from balloond.core.link import GuestLink
 
 log = logging.getLogger("balloond.adapters.discovery")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@+-]")
+
+
+class Way(enum.Enum):
+    """How balloond reaches a guest."""
+
+    QMP = "qmp"  # a QMP socket of balloond's own, held open
+    QMP_SHARED = "qmp-shared"  # a QMP socket shared with other clients, held per cycle
+    LIBVIRT = "libvirt"  # through a libvirt daemon
+
+
+@dataclass(frozen=True, slots=True)
+class GuestSpec:
+    """One guest as a source found it.
+
+    ``address`` is where it is reached: a socket path, or for libvirt the URI and the
+    domain's name. ``min_bytes``/``max_bytes``: bounds the source sets for this one guest
+    (Proxmox's ``balloon:``/``memory:``, a libvirt domain's balloond metadata); they
+    replace the policy's ``min_size``/``max_size``. ``policy``: a policy the source names
+    (libvirt metadata), used unless an operator chose another.
+    """
+
+    name: str
+    way: Way
+    address: str
+    source: str
+    min_bytes: int | None = None
+    max_bytes: int | None = None
+    policy: str | None = None
+
+    def same_link(self, other: GuestSpec) -> bool:
+        """Whether ``other`` is reached the same way at the same place (bounds aside)."""
+        return (self.way, self.address) == (other.way, other.address)
+
+
+class GuestSource(Protocol):
+    """A source that follows its guests itself (a libvirt connection): the daemon runs
+    it, asks it for its guests at each rescan, and for a link to each."""
+
+    def specs(self) -> list[GuestSpec]: ...
+
+    def owns(self, spec: GuestSpec) -> bool: ...
+
+    def link(self, spec: GuestSpec) -> GuestLink: ...
 
 
 def name_from_path(path: Path) -> str:
@@ -25,30 +83,44 @@ def name_from_path(path: Path) -> str:
     return _UNSAFE.sub("_", path.stem) or "_"
 
 
-def _is_socket(path: Path) -> bool:
+def is_socket(path: Path) -> bool:
     try:
         return stat.S_ISSOCK(path.stat().st_mode)
     except OSError:
         return False
 
 
-def discover(*, static: Iterable[tuple[str, Path]], globs: Iterable[str]) -> dict[str, Path]:
-    """Guest name -> QMP socket path.
+def discover(
+    *,
+    static: Iterable[GuestSpec],
+    globs: Iterable[str],
+    shared_globs: Iterable[str] = (),
+    found: Iterable[Iterable[GuestSpec]] = (),
+) -> dict[str, GuestSpec]:
+    """Guest name -> spec.
 
     Static entries are always present (a guest that is down shows as disconnected). Glob
-    matches must be unix sockets; a glob match whose name is taken by a static entry or an
-    earlier match is skipped with a warning.
+    matches must be unix sockets. ``found`` holds other sources' guests (Proxmox,
+    libvirt). A name already taken by an earlier source is skipped with a warning.
     """
-    found: dict[str, Path] = dict(static)
-    for pattern in globs:
-        for match in sorted(glob.glob(pattern)):
-            path = Path(match)
-            if not _is_socket(path):
-                continue
-            name = name_from_path(path)
-            if name in found:
-                if found[name] != path:
-                    log.warning("%s: guest name %r is already used by %s", path, name, found[name])
-                continue
-            found[name] = path
-    return found
+    specs: dict[str, GuestSpec] = {spec.name: spec for spec in static}
+
+    def add(spec: GuestSpec) -> None:
+        taken = specs.get(spec.name)
+        if taken is None:
+            specs[spec.name] = spec
+        elif not taken.same_link(spec):
+            log.warning(
+                "%s: guest name %r is already used by %s", spec.address, spec.name, taken.address
+            )
+
+    for patterns, way in ((globs, Way.QMP), (shared_globs, Way.QMP_SHARED)):
+        for pattern in patterns:
+            for match in sorted(glob.glob(pattern)):
+                path = Path(match)
+                if is_socket(path):
+                    add(GuestSpec(name_from_path(path), way, str(path), source="glob"))
+    for source in found:
+        for spec in source:
+            add(spec)
+    return specs

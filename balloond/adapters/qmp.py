@@ -48,7 +48,7 @@ from balloond.core.link import LinkEvent, LinkState
 from balloond.core.stats import BalloonStats
 from balloond.runtime.aio import backoff_s, sleep_unless
 
-__all__ = ["QmpLink", "silence_qmp_library_logs"]
+__all__ = ["NO_SESSION", "QmpLink", "SharedQmpLink", "silence_qmp_library_logs"]
 
 T = TypeVar("T")
 
@@ -108,6 +108,9 @@ class QmpLink:
     wake up at once instead of at its next poll; a link with a callback queues no events
     (:meth:`events` and :meth:`pending_events` are for links without one).
     """
+
+    #: How the guest is reached (``balloonctl status``'s VIA).
+    way = "qmp"
 
     def __init__(
         self,
@@ -183,6 +186,10 @@ class QmpLink:
         self.state_changed = asyncio.Event()  # waiters of the old event were woken
 
     # --- connection ----------------------------------------------------------------------
+    def session(self, *, timeout_s: float) -> contextlib.AbstractAsyncContextManager[None]:
+        """The link is held for good: a cycle needs no session of its own."""
+        return NO_SESSION
+
     async def connect(self, *, timeout_s: float) -> None:
         """Connect once, find the balloon device and re-apply the stats interval.
 
@@ -526,6 +533,88 @@ class QmpLink:
             if item is None:
                 return
             yield item
+
+
+class _NoSession(contextlib.AbstractAsyncContextManager[None]):
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+#: The session of a link that stays connected: nothing to open or close.
+NO_SESSION = _NoSession()
+
+
+class SharedQmpLink(QmpLink):
+    """QMP on a socket other clients use too: Proxmox VE's ``qm`` and pvestatd, an
+    operator's tools. QEMU serves one client per QMP socket and makes the others wait, so
+    this link holds the socket only for each cycle's few calls (a :meth:`session`), a few
+    milliseconds, and lets it go.
+
+    Between sessions nothing is connected, so no events arrive: ``actual`` is read back
+    every cycle. A QEMU restarted on the same path (a new socket file) is set up again as
+    at the first connect; otherwise a session only redoes QMP's handshake.
+    """
+
+    way = "qmp-shared"
+
+    def __init__(self, name: str, socket_path: str | Path, **kwargs: Any) -> None:
+        super().__init__(name, socket_path, **kwargs)
+        self._socket_id: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SharedQmpLink {self.name} {self.state.value} {self.socket_path}>"
+
+    async def connect(self, *, timeout_s: float) -> None:
+        """Connect and set the guest up; the connection stays open for the first session."""
+        await super().connect(timeout_s=timeout_s)
+        self._socket_id = _socket_id(self.socket_path)
+
+    def session(self, *, timeout_s: float) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._session(timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def _session(self, timeout_s: float) -> AsyncIterator[None]:
+        try:
+            if self._client is None:
+                await self._reopen(timeout_s)
+            yield
+        finally:
+            await self._release()
+
+    async def _reopen(self, timeout_s: float) -> None:
+        if _socket_id(self.socket_path) != self._socket_id:
+            await self.connect(timeout_s=timeout_s)  # a new QEMU: set it up from scratch
+            return
+        client = _Client(self.name, self._on_event)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.connect(str(self.socket_path))
+        except TimeoutError:
+            # Another client holds the socket (or QEMU hangs): try again next cycle.
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            self.timeouts_total += 1
+            self._set_state(LinkState.HUNG, f"socket busy for more than {timeout_s:g}s")
+            raise LinkTimeoutError(f"{self.name}: QMP socket busy for {timeout_s:g}s") from None
+        except ConnectError as exc:
+            cause = exc.exc if isinstance(exc.exc, BaseException) else exc
+            self._set_state(LinkState.DISCONNECTED, _describe(cause))
+            raise DisconnectedError(f"{self.name}: cannot connect: {_describe(cause)}") from exc
+        self._client = client
+
+    async def _release(self) -> None:
+        """Let the socket go, keeping what is known about the guest."""
+        has_disks = self._has_disks
+        await self._drop_client()  # also forgets actual: no events arrive until next time
+        self._has_disks = has_disks
+
+
+def _socket_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 _TROUBLE = frozenset(

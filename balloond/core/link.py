@@ -9,9 +9,14 @@ holds a :class:`GuestLink` and calls these, each under a timeout it chooses:
 * :meth:`GuestLink.read_stats`, :meth:`GuestLink.current_actual` (the guest's size now),
   :meth:`GuestLink.read_io_bytes` (what the guest read from its disks, for refaults),
   :meth:`GuestLink.set_target` (the balloon command) and :meth:`GuestLink.boot_memory`;
-* events: :attr:`GuestLink.on_event` is called with each :class:`LinkEvent` as it arrives.
+* events: :attr:`GuestLink.on_event` is called with each :class:`LinkEvent` as it arrives;
+* a session (:meth:`GuestLink.session`) around each cycle's calls: a link that shares its
+  transport with other clients (a QMP socket Proxmox VE also uses) connects for the
+  session and lets go after it; the others hold their connection and do nothing.
 
-:class:`balloond.adapters.qmp.QmpLink` implements it over a QMP socket. A link translates its
+:class:`balloond.adapters.qmp.QmpLink` implements it over a QMP socket of balloond's own,
+:class:`~balloond.adapters.qmp.SharedQmpLink` over a shared one, and
+:class:`balloond.adapters.libvirt.LibvirtLink` through libvirt. A link translates its
 transport's errors into :mod:`balloond.core.errors` (``LinkError`` and its kinds), so the
 controller handles trouble the same way whichever link it holds.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,6 +73,8 @@ class GuestLink(Protocol):
 
     #: The guest's name, as the operator knows it.
     name: str
+    #: How the guest is reached, for people: "qmp", "qmp-shared", "libvirt".
+    way: str
     #: Called in the event loop (must not block) with each event as it arrives.
     on_event: Callable[[LinkEvent], None] | None
     #: The balloon device's properties, read at each connect (None: unknown).
@@ -91,6 +99,11 @@ class GuestLink(Protocol):
 
     async def connect_with_retry(self, *, attempt_timeout_s: float, stop: Any) -> bool:
         """Connect, retrying with backoff; False if ``stop`` (an asyncio.Event) came first."""
+        ...
+
+    def session(self, *, timeout_s: float) -> AbstractAsyncContextManager[None]:
+        """Around one cycle's calls: connects first where the link does not stay connected
+        (raising LinkError as a call would), and lets go after."""
         ...
 
     async def enable_stats(self, interval_s: int, *, timeout_s: float) -> None:

@@ -261,6 +261,7 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
         (
             "GUEST",
             "STATE",
+            "VIA",
             "ACTUAL",
             "TARGET",
             "AVAIL",
@@ -276,6 +277,7 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
             (
                 str(g.get("name")),
                 str(g.get("state")),
+                str(g.get("way") or "-"),
                 fmt_mib(g.get("actual_bytes")),
                 fmt_mib(g.get("target_bytes")),
                 fmt_mib(g.get("available_bytes")),
@@ -285,7 +287,7 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
                 reason,
             )
         )
-    numeric = {2, 3, 4}
+    numeric = {3, 4, 5}
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:

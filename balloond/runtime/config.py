@@ -332,6 +332,17 @@ class StaticGuest(_Section):
 
     name: Name
     qmp: AbsPath = Field(description="QMP unix socket of the guest")
+    shared: bool = Field(
+        False, description="other clients use the socket too: connect for each cycle only"
+    )
+
+
+def _libvirt_uri(uri: str) -> str:
+    if "://" not in uri:
+        raise PydanticCustomError(
+            "uri", "must be a libvirt URI such as qemu:///system, got {uri}", {"uri": repr(uri)}
+        )
+    return uri
 
 
 def _absolute_glob(pattern: str) -> str:
@@ -346,9 +357,38 @@ class DiscoveryConfig(_Section):
     """``[discovery]``: find guests by globbing for QMP sockets."""
 
     globs: tuple[Annotated[str, AfterValidator(_absolute_glob)], ...] = Field(
-        (), description="socket globs; the file stem names the guest"
+        (), description="globs of QMP sockets of balloond's own; the file stem names the guest"
+    )
+    shared_globs: tuple[Annotated[str, AfterValidator(_absolute_glob)], ...] = Field(
+        (), description="globs of QMP sockets other clients use too (connected per cycle)"
     )
     rescan_interval_s: float = Field(5.0, gt=0, description="seconds between rescans")
+
+
+class ProxmoxConfig(_Section):
+    """``[proxmox]``: Proxmox VE's guests, through its own QMP sockets."""
+
+    enabled: bool = Field(False, description="manage the VMs Proxmox VE runs on this host")
+    config_dir: AbsPath = Field(
+        Path("/etc/pve/qemu-server"), description="where the <vmid>.conf files are"
+    )
+    run_dir: AbsPath = Field(
+        Path("/var/run/qemu-server"), description="where the <vmid>.qmp sockets are"
+    )
+
+
+class LibvirtConfig(_Section):
+    """``[libvirt]``: domains run by libvirt daemons."""
+
+    uris: tuple[Annotated[str, AfterValidator(_libvirt_uri)], ...] = Field(
+        (), description="libvirt connection URIs, e.g. qemu:///system; none: libvirt off"
+    )
+    domains: tuple[str, ...] = Field(
+        ("*",), description="domain-name globs to manage (others are left alone)"
+    )
+    workers: int = Field(
+        8, ge=1, le=64, description="threads for libvirt's blocking calls (all guests share)"
+    )
 
 
 class HostConfig(_Section):
@@ -662,6 +702,8 @@ class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     guests: tuple[StaticGuest, ...] = Field((), description="guests named by hand")
     discovery: DiscoveryConfig = DiscoveryConfig()
+    proxmox: ProxmoxConfig = ProxmoxConfig()
+    libvirt: LibvirtConfig = LibvirtConfig()
     host: HostConfig = HostConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()

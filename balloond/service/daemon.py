@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from balloond.adapters.audit_log import AuditLog
-from balloond.adapters.discovery import discover
+from balloond.adapters.discovery import GuestSource, GuestSpec, Way, discover
 from balloond.adapters.port import Listener
 from balloond.adapters.procfs import read_host
-from balloond.adapters.qmp import QmpLink, silence_qmp_library_logs
+from balloond.adapters.proxmox import proxmox_guests
+from balloond.adapters.qmp import QmpLink, SharedQmpLink, silence_qmp_library_logs
 from balloond.core.errors import ConfigError
 from balloond.core.events import GuestEvent as ControllerEvent
 from balloond.core.events import HoldExpired
@@ -33,6 +35,7 @@ from balloond.core.ops import OPS
 from balloond.core.policy import Reason, Reclaim, ResolvedPolicy, plan_host
 from balloond.core.policy.decision import PRESSURE_REASONS
 from balloond.core.stats import HostSnapshot
+from balloond.core.units import MiB
 from balloond.runtime.aio import sleep_unless
 from balloond.runtime.config import Config, load_config
 from balloond.service.commands import Commands
@@ -46,6 +49,19 @@ log = logging.getLogger("balloond.service.daemon")
 STOP_BUDGET_S = 3.0
 #: How long shutdown waits for the last audit lines and the saved state to reach the disk.
 IO_DRAIN_S = 2.0
+
+
+def within_bounds(policy: ResolvedPolicy, spec: GuestSpec | None) -> ResolvedPolicy:
+    """``policy`` with the bounds a guest's source sets (Proxmox's ``balloon:`` and
+    ``memory:``, libvirt metadata) in place of its own: whole MiB, at most the boot size,
+    the minimum at most the maximum."""
+    if spec is None or (spec.min_bytes is None and spec.max_bytes is None):
+        return policy
+    max_b = policy.max_bytes
+    if spec.max_bytes is not None:
+        max_b = max(min(spec.max_bytes, policy.boot_bytes) // MiB * MiB, MiB)
+    min_b = policy.min_bytes if spec.min_bytes is None else -(-spec.min_bytes // MiB) * MiB
+    return dataclasses.replace(policy, min_bytes=max(min(min_b, max_b), MiB), max_bytes=max_b)
 
 
 def _held_for_host(ctrl: GuestController) -> bool:
@@ -80,6 +96,12 @@ class Daemon:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="balloond-io")
         self.audit = AuditLog(config.daemon.audit_path, executor=self._io)
         self.guests: dict[str, GuestController] = {}
+        #: How each managed guest is reached, as its source found it.
+        self.specs: dict[str, GuestSpec] = {}
+        #: Sources that follow guests themselves (libvirt connections), started by run().
+        self.sources: list[GuestSource] = []
+        #: Threads for libvirt's blocking calls, shared by every libvirt guest.
+        self._libvirt_executor: ThreadPoolExecutor | None = None
         self.host: HostSnapshot | None = None
         self.host_caps: dict[str, int] = {}
         self.started_s = clock()
@@ -116,11 +138,22 @@ class Daemon:
     def _policy_resolver(
         self, guest: str, intent: Intent | None
     ) -> tuple[str, Callable[[int], ResolvedPolicy]]:
+        spec = self.specs.get(guest)
         name = intent.policy_override if intent and intent.policy_override else None
         if name is None or name not in self.config.policies:
+            name = spec.policy if spec is not None and spec.policy else None
+        if name is None or name not in self.config.policies:
+            if spec is not None and spec.policy:
+                log.warning(
+                    "guest %s: its source names policy %r, which is not defined", guest, spec.policy
+                )
             name = self.config.policy_name_for(guest)
         policy = self.config.policies[name]
-        return name, functools.partial(policy.resolve, name=name)
+
+        def resolve(boot_bytes: int) -> ResolvedPolicy:
+            return within_bounds(policy.resolve(boot_bytes, name=name), spec)
+
+        return name, resolve
 
     def reload(self) -> str | None:
         """Re-read the config file; apply it if valid. Returns the error text, or None."""
@@ -252,27 +285,51 @@ class Daemon:
         return Commands(self, allowed=allowed)
 
     # --- guests --------------------------------------------------------------------------
+    def _found(self) -> list[list[GuestSpec]]:
+        """Guests from the sources other than the config's sockets: Proxmox, libvirt."""
+        found: list[list[GuestSpec]] = []
+        pve = self.config.proxmox
+        if pve.enabled:
+            found.append(proxmox_guests(config_dir=pve.config_dir, run_dir=pve.run_dir))
+        for source in self.sources:
+            found.append(source.specs())
+        return found
+
     def rescan(self) -> None:
         """Start controllers for new guests and stop those that went away."""
         wanted = discover(
-            static=[(g.name, Path(g.qmp)) for g in self.config.guests],
+            static=[
+                GuestSpec(g.name, Way.QMP_SHARED if g.shared else Way.QMP, str(g.qmp), "config")
+                for g in self.config.guests
+            ],
             globs=self.config.discovery.globs,
+            shared_globs=self.config.discovery.shared_globs,
+            found=self._found(),
         )
         for name in list(self.guests):
-            if name not in wanted or str(wanted[name]) != self.guests[name].link.address:
+            spec = wanted.get(name)
+            if spec is None or not spec.same_link(self.specs[name]):
                 log.info("guest %s went away", name)
                 self.guests.pop(name).stop()  # its task ends, even mid-reconnect
+                self.specs.pop(name, None)
                 self.supervisor.forget(f"guest:{name}")
-        for name, path in wanted.items():
+            elif spec != self.specs[name]:
+                # The same guest with new bounds or a new policy from its source.
+                self.specs[name] = spec
+                log.info("guest %s: its source changed its bounds or policy", name)
+                self.refresh_policy(self.guests[name])
+        for name, spec in wanted.items():
             if name not in self.guests:
-                self._start_guest(name, path)
+                self._start_guest(spec)
 
-    def _start_guest(self, name: str, path: Path) -> None:
+    def _start_guest(self, spec: GuestSpec) -> None:
+        name = spec.name
+        self.specs[name] = spec
         intent = self.saved_intents.get(name)
         policy_name, resolver = self._policy_resolver(name, intent)
         ctrl = GuestController(
             name=name,
-            link=self._link(name, path),
+            link=self._link(spec),
             policy_name=policy_name,
             policy_for=resolver,
             timing=self.timing(),
@@ -283,22 +340,28 @@ class Daemon:
             clock=self._clock,
         )
         self.guests[name] = ctrl
-        log.info("guest %s at %s (policy %s)", name, path, policy_name)
+        log.info("guest %s: %s at %s (policy %s)", name, spec.way.value, spec.address, policy_name)
         self.supervisor.start(
             f"guest:{name}",
             functools.partial(self._run_guest, ctrl),
             keep=lambda: self.guests.get(name) is ctrl and not ctrl.stopped,
         )
 
-    @staticmethod
-    def _link(name: str, path: Path) -> GuestLink:
-        """The way to reach a guest: QMP on a socket of balloond's own."""
-        return QmpLink(name, path)
+    def _link(self, spec: GuestSpec) -> GuestLink:
+        """The link for the way the guest is reached."""
+        if spec.way is Way.QMP_SHARED:
+            return SharedQmpLink(spec.name, spec.address)
+        if spec.way is Way.LIBVIRT:
+            for source in self.sources:
+                if source.owns(spec):
+                    return source.link(spec)
+            raise RuntimeError(f"guest {spec.name}: no libvirt connection for {spec.address}")
+        return QmpLink(spec.name, spec.address)
 
     async def _run_guest(self, ctrl: GuestController) -> None:
         """One run of a guest's controller; after a failure, with a fresh link."""
         if ctrl.link.state is LinkState.CLOSED:
-            ctrl.replace_link(self._link(ctrl.name, Path(ctrl.link.address)))
+            ctrl.replace_link(self._link(self.specs[ctrl.name]))
         await ctrl.run()
 
     def _notify(self, ctrl: GuestController, event: ControllerEvent) -> None:
@@ -363,6 +426,30 @@ class Daemon:
         while not await sleep_unless(self._stop, self.config.discovery.rescan_interval_s):
             self.rescan()
 
+    def _start_sources(self) -> None:
+        """Connect to each libvirt URI of the config (once: a reload does not change them)."""
+        conf = self.config.libvirt
+        if not conf.uris:
+            return
+        # Imported here: libvirt-python is needed only where libvirt is used.
+        from balloond.adapters.libvirt import LibvirtSource
+
+        self._libvirt_executor = ThreadPoolExecutor(
+            max_workers=conf.workers, thread_name_prefix="balloond-libvirt"
+        )
+        for uri in conf.uris:
+            source = LibvirtSource(
+                uri,
+                executor=self._libvirt_executor,
+                timeout_s=self.config.daemon.qmp_timeout_s,
+                patterns=conf.domains,
+                on_change=self.rescan,
+            )
+            self.sources.append(source)
+            self.supervisor.start(
+                f"libvirt:{uri}", functools.partial(source.run, self._stop), forever=True
+            )
+
     # --- lifecycle -----------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
@@ -381,6 +468,7 @@ class Daemon:
     async def run(self, *, on_ready: Callable[[], None] | None = None) -> None:
         """Discover, start every guest and the daemon-wide loops; return after a stop."""
         silence_qmp_library_logs()
+        self._start_sources()
         self.rescan()
         if on_ready is not None:
             on_ready()
@@ -400,4 +488,6 @@ class Daemon:
             except TimeoutError:
                 log.error("file writes did not finish within %.0fs of the stop", IO_DRAIN_S)
             self._io.shutdown(wait=False)
+            if self._libvirt_executor is not None:
+                self._libvirt_executor.shutdown(wait=False, cancel_futures=True)
             log.info("stopped")

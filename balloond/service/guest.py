@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +267,8 @@ class GuestController:
         return {
             "name": self.name,
             "state": self.link.state.value,
+            "way": self.link.way,
+            "address": self.link.address,
             "mode": intent.mode.value,
             "policy": self.policy_name,
             "boot_bytes": self.link.boot_bytes,
@@ -326,10 +328,8 @@ class GuestController:
                     if self._done() or not await self._connect():
                         break
                     continue
-                if self._stats_interval_s != self._wanted_stats_interval_s():
-                    await self._guard(self._enable_stats())
                 started_s = self._clock()
-                await self._guard(self._cycle())
+                await self._guard(self._session_cycle())
                 interval_s = self.timing.poll_interval_s
                 # A cycle less than half an interval early counts as the due one (timers
                 # fire a little early, and an event wake-up that close is as good). Then
@@ -377,7 +377,7 @@ class GuestController:
                 "(-device virtio-balloon-pci,...,deflate-on-oom=on)"
             )
             self._no_deflate_on_oom_logged = True
-        await self._guard(self._enable_stats())
+        await self._guard(self._in_session(self._enable_stats))
         return True
 
     def _wanted_stats_interval_s(self) -> int:
@@ -410,6 +410,18 @@ class GuestController:
             self.log.warning("%s", exc)
         except QMPCommandError as exc:
             self.log.warning("QMP: %s", exc)
+
+    async def _in_session(self, step: Callable[[], Awaitable[None]]) -> None:
+        async with self.link.session(timeout_s=self.timing.connect_timeout_s):
+            await self._guard(step())
+
+    async def _session_cycle(self) -> None:
+        """One cycle in the link's session (a connection held just for it, where the
+        transport is shared with other clients)."""
+        async with self.link.session(timeout_s=self.timing.connect_timeout_s):
+            if self._stats_interval_s != self._wanted_stats_interval_s():
+                await self._guard(self._enable_stats())
+            await self._guard(self._cycle())
 
     async def _cycle(self) -> None:
         timeout = self.timing.qmp_timeout_s
