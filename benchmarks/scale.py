@@ -62,16 +62,23 @@ STOP_S = 15.0
 Progress = Callable[[str], None]
 
 
+#: How the daemon reaches the guests (``balloonctl status``'s VIA).
+WAYS = ("qmp", "qmp-shared", "libvirt")
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One fleet: its size and its workload (``breathing`` or ``idle``)."""
+    """One fleet: its size, its workload (``breathing`` or ``idle``) and how the daemon
+    reaches it (:data:`WAYS`)."""
 
     guests: int
     workload: str = "breathing"
+    way: str = "qmp"
 
     @property
     def label(self) -> str:
-        return f"{self.guests:,}" + ("" if self.workload == "breathing" else f" ({self.workload})")
+        extra = [w for w in (self.workload, self.way) if w not in ("breathing", "qmp")]
+        return f"{self.guests:,}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +92,29 @@ class Settings:
 #: memory is measured with every guest's history full. Quick: a first look, memory still
 #: growing.
 FULL = Settings(
-    runs=(Run(100), Run(1_000), Run(2_000), Run(2_000, "idle")), warmup_s=62.0, window_s=40.0
+    runs=(
+        Run(100),
+        Run(1_000),
+        Run(2_000),
+        Run(2_000, "idle"),
+        Run(1_000, way="qmp-shared"),
+        Run(2_000, way="qmp-shared"),
+        Run(1_000, "idle", way="libvirt"),
+    ),
+    warmup_s=62.0,
+    window_s=40.0,
 )
-QUICK = Settings(runs=(Run(100), Run(1_000), Run(2_000)), warmup_s=8.0, window_s=15.0)
+QUICK = Settings(
+    runs=(
+        Run(100),
+        Run(1_000),
+        Run(2_000),
+        Run(1_000, way="qmp-shared"),
+        Run(200, "idle", way="libvirt"),
+    ),
+    warmup_s=8.0,
+    window_s=15.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +126,18 @@ class Result:
     cpu_pct: float
     rss_mib: float
     hwm_mib: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
+    #: None where nothing times it (libvirt: no simulator behind the domains).
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
     commands_per_s: float
     polls_per_guest_s: float
     loop_lag_ms: float | None
     scrape_ms: float
     qmp_timeouts: int | None
+    #: The other side's CPU (the simulator, or libvirtd) and the simulator's loop lag.
     sim_cpu_pct: float
-    sim_lag_p99_ms: float
+    sim_lag_p99_ms: float | None
 
 
 # --- processes -------------------------------------------------------------------------
@@ -181,10 +210,16 @@ def free_port() -> int:
         return port
 
 
-def write_config(work: Path, sockets: Path, port: int) -> Path:
-    """The daemon's config: the fleet found by a discovery glob, metrics on ``port``, the
-    default policy; state (audit log included) and the control socket live in ``work``."""
+def write_config(work: Path, sockets: Path, port: int, *, way: str = "qmp", uri: str = "") -> Path:
+    """The daemon's config: the fleet found by a discovery glob (shared globs for
+    ``qmp-shared``) or on a libvirt ``uri``, metrics on ``port``, the default policy; state
+    (audit log included) and the control socket live in ``work``."""
     path = work / "balloond.toml"
+    source = {
+        "qmp": f'[discovery]\nglobs = ["{sockets}/*.sock"]',
+        "qmp-shared": f'[discovery]\nshared_globs = ["{sockets}/*.sock"]',
+        "libvirt": f'[libvirt]\nuris = ["{uri}"]',
+    }[way]
     path.write_text(
         f"""\
 [daemon]
@@ -193,8 +228,7 @@ state_dir = "{work / "state"}"
 runtime_dir = "{work / "run"}"
 log_format = "text"
 
-[discovery]
-globs = ["{sockets}/*.sock"]
+{source}
 
 [metrics]
 enabled = true
@@ -256,6 +290,8 @@ def workdir() -> Iterator[Path]:
 
 def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> Result:
     """Start the fleet and the daemon, settle, measure one window, stop both."""
+    if run.way == "libvirt":
+        return run_libvirt(run, settings=settings, progress=progress, logs=logs)
     daemon_cores, sim_cores = cpu_plan()
     name = f"scale-{run.guests}-{run.workload}"
     with (
@@ -271,7 +307,7 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
             if ready.get("ready") != run.guests:
                 raise RuntimeError(f"the simulator started {ready}, not {run.guests} guests")
             port = free_port()
-            config = write_config(work, sockets, port)
+            config = write_config(work, sockets, port, way=run.way)
             started = time.monotonic()
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "balloond", "run", "--config", str(config)],
@@ -299,6 +335,112 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                 daemon.send_signal(signal.SIGTERM)
                 _wait_or_kill(daemon)
             fleet.close()
+
+
+def _test_domains(n: int) -> str:
+    """libvirt's test driver: ``n`` running 1 GiB domains with a balloon (a node file)."""
+    domain = (
+        "<domain type='test'><name>g{i}</name><memory unit='MiB'>1024</memory>"
+        "<currentMemory unit='MiB'>1024</currentMemory><os><type>hvm</type></os>"
+        "<devices><memballoon model='virtio'/></devices></domain>"
+    )
+    return "<node>" + "".join(domain.format(i=i) for i in range(n)) + "</node>"
+
+
+def run_libvirt(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> Result:
+    """The libvirt way: a real libvirtd serving libvirt's test driver with ``run.guests``
+    domains (no QEMU behind them: their stats never change, so this is the cost of
+    polling, as in an idle run), the daemon connected through its socket."""
+    import asyncio
+
+    from testkit.lab.libvirt import Libvirtd
+
+    daemon_cores, sim_cores = cpu_plan()
+    name = f"scale-{run.guests}-libvirt"
+    with workdir() as work, open(logs / f"{name}-daemon.log", "w") as daemon_log:
+        libvirtd = Libvirtd(work / "lv")
+        daemon: subprocess.Popen[bytes] | None = None
+        try:
+            asyncio.run(libvirtd.start())
+            if sim_cores and libvirtd.pid:
+                os.sched_setaffinity(libvirtd.pid, sim_cores)
+            node = work / "node.xml"
+            node.write_text(_test_domains(run.guests))
+            uri = f"test+unix://{node}?socket={libvirtd.dirs['run']}/libvirt-sock"
+            port = free_port()
+            config = write_config(work, work, port, way="libvirt", uri=uri)
+            started = time.monotonic()
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "balloond", "run", "--config", str(config)],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=daemon_log,
+            )
+            if daemon_cores:
+                os.sched_setaffinity(daemon.pid, daemon_cores)
+            while _active(port) < run.guests:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"balloond exited with status {daemon.returncode}")
+                if time.monotonic() - started > CONNECT_ALL_S:
+                    raise RuntimeError(f"not all {run.guests} domains active in {CONNECT_ALL_S:g}s")
+                time.sleep(0.5)
+            startup_s = time.monotonic() - started
+            progress(f"  {run.label} guests: every domain active after {startup_s:.1f}s; settling")
+            time.sleep(settings.warmup_s)
+            proc, server = Proc(daemon.pid), Proc(libvirtd.pid or 0)
+            before, _ = scrape(port)
+            cpu0, srv0, t0 = proc.cpu_s(), server.cpu_s(), time.monotonic()
+            time.sleep(settings.window_s)
+            cpu1, srv1, t1 = proc.cpu_s(), server.cpu_s(), time.monotonic()
+            rss_mib = proc.status_mib("VmRSS")
+            after, scrape_s = scrape(port)
+            polls = (
+                after["balloond_guest_decisions_total"] - before["balloond_guest_decisions_total"]
+            )
+            lag = after.get("balloond_event_loop_lag_seconds")
+            timeouts = after.get("balloond_guest_qmp_timeouts_total")
+            result = Result(
+                run=run,
+                startup_s=startup_s,
+                cpu_pct=100 * (cpu1 - cpu0) / (t1 - t0),
+                rss_mib=rss_mib,
+                hwm_mib=proc.status_mib("VmHWM"),
+                p50_ms=None,
+                p99_ms=None,
+                max_ms=None,
+                commands_per_s=0.0,
+                polls_per_guest_s=polls / (t1 - t0) / run.guests,
+                loop_lag_ms=None if lag is None else 1000 * lag,
+                scrape_ms=1000 * scrape_s,
+                qmp_timeouts=None if timeouts is None else int(timeouts),
+                sim_cpu_pct=100 * (srv1 - srv0) / (t1 - t0),
+                sim_lag_p99_ms=None,
+            )
+            progress(
+                f"  {run.label} guests: daemon CPU {result.cpu_pct:.1f}%, RSS "
+                f"{result.rss_mib:.0f} MiB, {result.polls_per_guest_s:.2f} polls/guest/s; "
+                f"libvirtd CPU {result.sim_cpu_pct:.0f}%"
+            )
+            return result
+        finally:
+            if daemon is not None and daemon.poll() is None:
+                daemon.send_signal(signal.SIGTERM)
+                _wait_or_kill(daemon)
+            asyncio.run(libvirtd.stop())
+
+
+def _active(port: int) -> int:
+    """Guests whose link is active, from the daemon's metrics (0 until it serves them)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith('balloond_guests{state="active"}'):
+            return int(float(line.rpartition(" ")[2]))
+    return 0
 
 
 def _wait_all_polled(
@@ -381,16 +523,19 @@ def table(results: Sequence[Result]) -> str:
         return "n/a" if value is None else format(value, fmt)
 
     head = (
-        "| guests | daemon CPU, % of a core | RSS MiB (peak) | stats→command ms p50 / p99 / max"
-        " | commands/s | polls/guest/s | loop lag ms | /metrics scrape ms | QMP timeouts"
-        " | simulator CPU % / lag p99 ms | all polled after s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| guests | daemon CPU, % of a core | guests per core | RSS MiB (peak)"
+        " | stats→command ms p50 / p99 / max | commands/s | polls/guest/s | loop lag ms"
+        " | /metrics scrape ms | QMP timeouts"
+        " | other side CPU % / lag p99 ms | all polled after s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = "".join(
-        f"| {r.run.label} | {r.cpu_pct:.1f} | {r.rss_mib:.0f} ({r.hwm_mib:.0f}) "
-        f"| {r.p50_ms:.1f} / {r.p99_ms:.1f} / {r.max_ms:.0f} | {r.commands_per_s:.0f} "
+        f"| {r.run.label} | {r.cpu_pct:.1f} | {r.run.guests * 100 / max(r.cpu_pct, 0.1):,.0f} "
+        f"| {r.rss_mib:.0f} ({r.hwm_mib:.0f}) "
+        f"| {opt(r.p50_ms, '.1f')} / {opt(r.p99_ms, '.1f')} / {opt(r.max_ms, '.0f')} "
+        f"| {r.commands_per_s:.0f} "
         f"| {r.polls_per_guest_s:.2f} | {opt(r.loop_lag_ms, '.0f')} | {r.scrape_ms:.0f} "
-        f"| {opt(r.qmp_timeouts, 'd')} | {r.sim_cpu_pct:.0f} / {r.sim_lag_p99_ms:.0f} "
+        f"| {opt(r.qmp_timeouts, 'd')} | {r.sim_cpu_pct:.0f} / {opt(r.sim_lag_p99_ms, '.0f')} "
         f"| {r.startup_s:.1f} |\n"
         for r in results
     )
@@ -415,11 +560,13 @@ def verdict(results: Sequence[Result], *, quick: bool) -> list[str]:
             line(f"daemon CPU, {where}", r.cpu_pct, TARGET_CPU_PCT, "% of a core"),
             rss + (" (quick mode: history not full yet, see a full run)" if quick else ""),
         ]
-    worst = max(results, key=lambda r: r.p99_ms)
-    lines.append(
-        line(f"p99 stats→command latency, worst run ({worst.run.label})", worst.p99_ms,
-             TARGET_P99_MS, "ms")
-    )  # fmt: skip
+    timed = [(r.p99_ms, r) for r in results if r.p99_ms is not None]
+    if timed:
+        p99, worst = max(timed, key=lambda pair: pair[0])
+        lines.append(
+            line(f"p99 stats→command latency, worst run ({worst.run.label})", p99,
+                 TARGET_P99_MS, "ms")
+        )  # fmt: skip
     return lines
 
 
@@ -429,8 +576,9 @@ def chart(results: Sequence[Result], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    busy = [r for r in results if r.run.workload == "breathing"]
-    idle = [r for r in results if r.run.workload == "idle"]
+    own = [r for r in results if r.run.way == "qmp"]
+    busy = [r for r in own if r.run.workload == "breathing"]
+    idle = [r for r in own if r.run.workload == "idle"]
     xs = [r.run.guests for r in busy]
     fig, axes = plt.subplots(1, 3, figsize=(10, 2.9), dpi=80, layout="constrained")
     cpu, mem, lat = axes
@@ -445,8 +593,8 @@ def chart(results: Sequence[Result], path: Path) -> None:
     mem.plot(xs, [r.hwm_mib for r in busy], "^--", label="peak (VmHWM)")
     mem.axhline(TARGET_RSS_MIB, color="red", lw=0.8, ls=":", label="target")
     mem.set(title="daemon memory, MiB", xlabel="guests")
-    lat.plot(xs, [r.p50_ms for r in busy], "o-", label="p50")
-    lat.plot(xs, [r.p99_ms for r in busy], "^-", label="p99")
+    lat.plot(xs, [r.p50_ms or 0.0 for r in busy], "o-", label="p50")
+    lat.plot(xs, [r.p99_ms or 0.0 for r in busy], "^-", label="p99")
     lat.axhline(TARGET_P99_MS, color="red", lw=0.8, ls=":", label="p99 target")
     lat.set(title="stats→command latency, ms", xlabel="guests")
     for ax in axes:
@@ -457,11 +605,20 @@ def chart(results: Sequence[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def main(quick: bool, out_dir: Path, progress: Progress = print, guests: Sequence[int] = ()) -> str:
-    """Run every fleet (or just ``guests``); write ``scale.png``; return the Markdown."""
+def main(
+    quick: bool,
+    out_dir: Path,
+    progress: Progress = print,
+    guests: Sequence[int] = (),
+    way: str = "qmp",
+) -> str:
+    """Run every fleet (or just ``guests``, reached ``way``); write ``scale.png``; return
+    the Markdown."""
     settings = QUICK if quick else FULL
     if guests:
-        settings = Settings(tuple(Run(n) for n in guests), settings.warmup_s, settings.window_s)
+        workload = "idle" if way == "libvirt" else "breathing"
+        runs = tuple(Run(n, workload, way) for n in guests)
+        settings = Settings(runs, settings.warmup_s, settings.window_s)
     logs = Path(tempfile.mkdtemp(prefix="balloond-scale-logs-"))
     daemon_cores, sim_cores = cpu_plan()
     my_cores = os.sched_getaffinity(0)
@@ -514,8 +671,20 @@ def main(quick: bool, out_dir: Path, progress: Progress = print, guests: Sequenc
             "holds the daemon's loop while it formats every guest's series: its time is the "
             "next column, kept out of the window.",
             "- **polls/guest/s**: guest-stats reads per guest per second (1.00: every guest "
-            "read once a second, as configured). **simulator**: the fleet process's own CPU "
-            "and loop lag; a simulator that keeps up answers within a few ms.",
+            "read once a second, as configured). **other side**: the simulator's own CPU "
+            "and loop lag (a simulator that keeps up answers within a few ms), or libvirtd's "
+            "CPU. **guests per core**: guests divided by the daemon's share of a core, the "
+            "number one core would manage at this cost per guest.",
+            "- **How the guests are reached** (`balloonctl status`'s VIA): runs without a "
+            "mark use QMP on sockets of balloond's own (held open; QEMU's events say when "
+            "`actual` moved). **qmp-shared**: the same simulated guests found by "
+            "`shared_globs`: balloond connects for each cycle (QMP greeting and "
+            "capabilities negotiation) and disconnects after, so the socket is free for "
+            "other clients, and reads `actual` every cycle (no events between sessions). "
+            "**libvirt**: a real libvirtd serving libvirt's test driver with that many "
+            "1 GiB domains (no QEMU behind them: their stats never change, so nothing "
+            "moves, as in an idle run, and nothing times stats to command); every call "
+            "goes through libvirt's RPC from balloond's bounded thread pool.",
             "",
             f"Targets ({TARGET_GUESTS:,} guests, {POLL_INTERVAL_S:g} s interval):",
             "",
@@ -531,10 +700,11 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short windows")
     ap.add_argument("--guests", type=int, nargs="+", default=(), help="fleet sizes to run")
+    ap.add_argument("--way", choices=WAYS, default="qmp", help="how --guests are reached")
     ap.add_argument("--out", type=Path, default=None, help="where scale.png goes (a temp dir)")
     args = ap.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="balloond-scale-"))
-    print(main(args.quick, out, guests=args.guests))
+    print(main(args.quick, out, guests=args.guests, way=args.way))
     return 0
 
 
