@@ -194,7 +194,14 @@ shared = true
     }, out
     # The domains without a driver or a balloon were left alone.
     assert await dommem_actual(libvirtd, "lv-nodrv") == 512 * MiB
-    # A domain that stops leaves balloond's list (through libvirt's lifecycle event).
+    # A domain started while balloond runs joins (through libvirt's lifecycle event) ...
+    await make_domain("lv-late", boot=False)
+
+    async def joined() -> bool:
+        return "lv-late" in {g["name"] for g in (await status_json(sock))["guests"]}
+
+    await wait_until("lv-late to join once started", joined, daemon)
+    # ... and one that stops leaves the list.
     await libvirtd.virsh("destroy", "lv-nodev")
 
     async def gone() -> bool:

@@ -185,7 +185,8 @@ class LibvirtSource:
         self._domains: dict[str, GuestSpec] = {}
         self._links: dict[str, LibvirtLink] = {}
         self._callbacks: list[int] = []
-        self._refresh_task: asyncio.Task[None] | None = None
+        #: Look-ups of single domains under way (after lifecycle events).
+        self._pending: set[asyncio.Future[None]] = set()
 
     def __repr__(self) -> str:
         return f"<LibvirtSource {self.uri} {len(self._domains)} domains>"
@@ -275,9 +276,8 @@ class LibvirtSource:
     async def _drop(self) -> None:
         conn, self.conn = self.conn, None
         self.connected.clear()
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            self._refresh_task = None
+        for task in list(self._pending):
+            task.cancel()
         for link in self._links.values():
             link.lost("libvirt connection lost")
         if conn is None:
@@ -342,15 +342,38 @@ class LibvirtSource:
             policy=settings.get("policy"),
         )
 
-    def _schedule_refresh(self) -> None:
-        if self._refresh_task is None or self._refresh_task.done():
-            self._refresh_task = asyncio.ensure_future(self._refresh_quietly())
+    def _schedule(self, name: str) -> None:
+        """Look at one domain again (it started, stopped, or was defined or undefined)."""
+        task = asyncio.ensure_future(self._update_one(name))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
-    async def _refresh_quietly(self) -> None:
+    async def _update_one(self, name: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+
+        def look() -> GuestSpec | None:
+            try:
+                dom = conn.lookupByName(name)
+                return self._spec(dom) if dom.isActive() else None
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    return None  # undefined, or gone while we looked
+                raise
+
         try:
-            await self._refresh()
+            spec = await self.call(f"look at {name}", look, timeout_s=self.timeout_s)
         except (LinkError, QMPCommandError) as exc:
-            self.log.warning("cannot list domains: %s", exc)
+            self.log.warning("cannot look at domain %s: %s", name, exc)
+            return
+        if spec == self._domains.get(name):
+            return
+        if spec is None:
+            self._domains.pop(name, None)
+        else:
+            self._domains[name] = spec
+        self.on_change()
 
     # --- libvirt's callbacks (in the event loop) -----------------------------------------
     def _on_close(self, conn: Any, reason: int, opaque: Any) -> None:
@@ -372,7 +395,7 @@ class LibvirtSource:
             libvirt.VIR_DOMAIN_EVENT_DEFINED,
             libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
         ):
-            self._schedule_refresh()
+            self._schedule(name)
 
     def _on_balloon(self, conn: Any, dom: Any, actual_kib: int, opaque: Any) -> None:
         link = self._links.get(dom.name())

@@ -175,6 +175,8 @@ class Daemon:
             self.reload_failures += 1
             log.error("reload refused, keeping the running config: %s", self.reload_error)
             return self.reload_error
+        if config.libvirt != self.config.libvirt:
+            log.warning("[libvirt] changed: the new connections take effect at the next restart")
         self.apply_config(config)
         self.reload_error = None
         log.info("config reloaded from %s", self.config_path)
