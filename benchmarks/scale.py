@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -54,6 +55,11 @@ TARGET_GUESTS = 2_000
 TARGET_CPU_PCT = 25.0
 TARGET_RSS_MIB = 150.0
 TARGET_P99_MS = 50.0
+TARGET_RATIO = 1.3
+TARGET_LAG_MS = 50.0
+TARGET_SCRAPE_MS = 10.0
+#: The floor clients need no history: a short settle, then the same window as the daemon.
+FLOOR_WARMUP_S = 10.0
 #: Generous limits for starting and stopping; hitting one is a failure, not a measurement.
 FLEET_START_S = 120.0
 CONNECT_ALL_S = 180.0
@@ -68,12 +74,13 @@ WAYS = ("qmp", "qmp-shared", "libvirt")
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One fleet: its size, its workload (``breathing`` or ``idle``) and how the daemon
-    reaches it (:data:`WAYS`)."""
+    """One fleet: its size, its workload (``breathing`` or ``idle``), how the daemon
+    reaches it (:data:`WAYS`), and whether the floor clients run on it too."""
 
     guests: int
     workload: str = "breathing"
     way: str = "qmp"
+    floor: bool = False
 
     @property
     def label(self) -> str:
@@ -93,9 +100,9 @@ class Settings:
 #: growing.
 FULL = Settings(
     runs=(
-        Run(100),
-        Run(1_000),
-        Run(2_000),
+        Run(500, floor=True),
+        Run(1_000, floor=True),
+        Run(2_000, floor=True),
         Run(2_000, "idle"),
         Run(1_000, way="qmp-shared"),
         Run(2_000, way="qmp-shared"),
@@ -106,9 +113,8 @@ FULL = Settings(
 )
 QUICK = Settings(
     runs=(
-        Run(100),
-        Run(1_000),
-        Run(2_000),
+        Run(500, floor=True),
+        Run(2_000, floor=True),
         Run(1_000, way="qmp-shared"),
         Run(200, "idle", way="libvirt"),
     ),
@@ -138,6 +144,23 @@ class Result:
     #: The other side's CPU (the simulator, or libvirtd) and the simulator's loop lag.
     sim_cpu_pct: float
     sim_lag_p99_ms: float | None
+    #: query-balloon commands per second the daemon sent (the floor clients send as many).
+    queries_per_s: float = 0.0
+    #: The floor on the same fleet, in the same run: CPU % of a core and polls/guest/s of
+    #: a bare qemu.qmp client and of a raw-streams client doing the daemon's traffic.
+    floor_qmp_pct: float | None = None
+    floor_qmp_polls: float | None = None
+    floor_raw_pct: float | None = None
+    floor_raw_polls: float | None = None
+    #: How long the last /metrics scrape held the daemon's event loop.
+    scrape_loop_ms: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """The daemon's CPU as a multiple of the qemu.qmp floor's."""
+        if self.floor_qmp_pct is None or self.floor_qmp_pct <= 0:
+            return None
+        return self.cpu_pct / self.floor_qmp_pct
 
 
 # --- processes -------------------------------------------------------------------------
@@ -321,7 +344,7 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
             startup_s = _wait_all_polled(fleet, daemon, n=run.guests, started=started)
             progress(f"  {run.label} guests: every guest polled after {startup_s:.1f}s; settling")
             time.sleep(settings.warmup_s)
-            return _measure(
+            result = _measure(
                 run,
                 window_s=settings.window_s,
                 fleet=fleet,
@@ -330,11 +353,77 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                 startup_s=startup_s,
                 progress=progress,
             )
+            daemon.send_signal(signal.SIGTERM)
+            _wait_or_kill(daemon)
+            if not run.floor:
+                return result
+            floors = {}
+            for mode in ("qmp", "raw"):
+                floors[mode] = run_floor(
+                    fleet,
+                    sockets,
+                    mode=mode,
+                    result=result,
+                    window_s=settings.window_s,
+                    cores=daemon_cores,
+                    log=sim_log,
+                )
+                progress(
+                    f"  {run.label} guests, {mode} floor: CPU {floors[mode][0]:.1f}%, "
+                    f"{floors[mode][1]:.2f} polls/guest/s"
+                )
+            return dataclasses.replace(
+                result,
+                floor_qmp_pct=floors["qmp"][0],
+                floor_qmp_polls=floors["qmp"][1],
+                floor_raw_pct=floors["raw"][0],
+                floor_raw_polls=floors["raw"][1],
+            )
         finally:
             if daemon is not None and daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
                 _wait_or_kill(daemon)
             fleet.close()
+
+
+def run_floor(
+    fleet: FleetProcess,
+    sockets: Path,
+    *,
+    mode: str,
+    result: Result,
+    window_s: float,
+    cores: set[int] | None,
+    log: IO[str],
+) -> tuple[float, float]:
+    """A floor client (:mod:`benchmarks.scale_floor`) on the same fleet, sending the
+    daemon's rate of query-balloon and balloon commands: (CPU % of a core, polls/guest/s)."""
+    argv = [sys.executable, "-m", "benchmarks.scale_floor", str(sockets), mode]
+    rates = [f"{result.commands_per_s:.3f}", f"{result.queries_per_s:.3f}"]
+    client = FleetProcess.__new__(FleetProcess)
+    client.proc = subprocess.Popen(
+        [*argv, *rates], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=log, text=True,
+    )  # fmt: skip
+    try:
+        if cores:
+            os.sched_setaffinity(client.proc.pid, cores)
+        ready = client.read(CONNECT_ALL_S)
+        if ready.get("ready") != result.run.guests:
+            raise RuntimeError(f"the {mode} floor connected to {ready}, not {result.run.guests}")
+        time.sleep(FLOOR_WARMUP_S)
+        proc = Proc(client.proc.pid)
+        client.ask("window")
+        cpu0, t0 = proc.cpu_s(), time.monotonic()
+        time.sleep(window_s)
+        cpu1, t1 = proc.cpu_s(), time.monotonic()
+        report = client.ask("report")
+        return 100 * (cpu1 - cpu0) / (t1 - t0), report["polls"] / report["window_s"] / (
+            result.run.guests
+        )
+    finally:
+        client.close()
+        fleet.ask("status")  # the fleet still answers
 
 
 def _test_domains(n: int) -> str:
@@ -493,9 +582,11 @@ def _measure(
         p99_ms=1000 * _quantile(latencies, 0.99),
         max_ms=1000 * (latencies[-1] if latencies else 0.0),
         commands_per_s=len(latencies) / report["window_s"],
+        queries_per_s=report.get("queries", 0) / report["window_s"],
         polls_per_guest_s=report["stats_reads"] / report["window_s"] / run.guests,
         loop_lag_ms=None if lag is None else 1000 * lag,
         scrape_ms=1000 * scrape_s,
+        scrape_loop_ms=_scrape_loop_ms(port),
         qmp_timeouts=None if timeouts is None else int(timeouts),
         sim_cpu_pct=report["cpu_pct"],
         sim_lag_p99_ms=1000 * report["lag_p99_s"],
@@ -507,6 +598,13 @@ def _measure(
         f"{result.polls_per_guest_s:.2f} polls/guest/s; simulator CPU {result.sim_cpu_pct:.0f}%"
     )
     return result
+
+
+def _scrape_loop_ms(port: int) -> float | None:
+    """How long the previous scrape held the daemon's loop (its own gauge, read now)."""
+    metrics, _ = scrape(port)
+    held = metrics.get("balloond_scrape_loop_seconds")
+    return None if held is None else 1000 * held
 
 
 def _quantile(ordered: list[float], q: float) -> float:

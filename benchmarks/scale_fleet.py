@@ -88,6 +88,7 @@ class Stopwatch:
         self.latencies_s: list[float] = []
         self.stats_reads = 0
         self.commands = 0
+        self.queries = 0
         self.window_started = time.monotonic()
         self.lags_s: list[float] = []
         self.cpu_at_start = _cpu_s()
@@ -97,6 +98,7 @@ class Stopwatch:
         self.lags_s = []
         self.stats_reads = 0
         self.commands = 0
+        self.queries = 0
         self.window_started = time.monotonic()
         self.cpu_at_start = _cpu_s()
 
@@ -104,6 +106,7 @@ class Stopwatch:
         table = sim_commands.COMMANDS
         get_params, qom_get = table["qom-get"]
         balloon_params, balloon = table["balloon"]
+        query_params, query_balloon = table["query-balloon"]
 
         def timed_qom_get(guest: SimGuest, session: sim_commands.Session, args: Any) -> Any:
             result = qom_get(guest, session, args)
@@ -120,7 +123,12 @@ class Stopwatch:
             self.commands += 1
             return balloon(guest, session, args)
 
+        def counted_query(guest: SimGuest, session: sim_commands.Session, args: Any) -> Any:
+            self.queries += 1
+            return query_balloon(guest, session, args)
+
         table["qom-get"] = (get_params, timed_qom_get)
+        table["query-balloon"] = (query_params, counted_query)
         table["balloon"] = (balloon_params, timed_balloon)
 
     async def probe(self) -> None:
@@ -138,6 +146,7 @@ class Stopwatch:
             "latencies_s": self.latencies_s,
             "stats_reads": self.stats_reads,
             "commands": self.commands,
+            "queries": self.queries,
             "cpu_pct": 100 * (_cpu_s() - self.cpu_at_start) / elapsed if elapsed else 0.0,
             "lag_p99_s": _quantile(self.lags_s, 0.99),
             "lag_max_s": max(self.lags_s, default=0.0),

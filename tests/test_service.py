@@ -207,8 +207,8 @@ async def test_balloonctl_holds_and_metrics(
     assert header.split()[:4] == ["GUEST", "STATE", "VIA", "ACTUAL"]
     # The lab's devices have deflate-on-oom off: the table says so under the rows.
     assert "deflate-on-oom off: vm2" in out
-    name, link_state, actual_mib = row.split()[:3]
-    assert (name, link_state) == ("vm2", "active")
+    name, link_state, via, actual_mib = row.split()[:4]
+    assert (name, link_state, via) == ("vm2", "active", "qmp")
     assert 0 < int(actual_mib) <= 512  # the daemon may have reclaimed some already
 
     rc, out, err = await balloonctl(sock, "explain", "vm2")

@@ -337,9 +337,18 @@ class LabGuest:
     ) -> Any:
         """Run one QMP command on the admin monitor (device_add, stop, cont, ...)."""
         from balloond.adapters.qmp import QmpLink
+        from balloond.core.errors import DisconnectedError
 
         link = QmpLink(f"{self.name}-admin", self.admin_socket)
-        await link.connect(timeout_s=timeout_s)
+        try:
+            await link.connect(timeout_s=timeout_s)
+        except DisconnectedError:
+            # Seen once on a loaded machine: QEMU answered the capabilities negotiation
+            # of a fresh admin connection with something else. The monitor is the test's
+            # tool, not the code under test: try once more.
+            await asyncio.sleep(0.5)
+            link = QmpLink(f"{self.name}-admin", self.admin_socket)
+            await link.connect(timeout_s=timeout_s)
         try:
             return await link.execute(command, args, timeout_s=timeout_s)
         finally:
