@@ -715,7 +715,7 @@ def main(
     settings = QUICK if quick else FULL
     if guests:
         workload = "idle" if way == "libvirt" else "breathing"
-        runs = tuple(Run(n, workload, way) for n in guests)
+        runs = tuple(Run(n, workload, way, floor=way == "qmp") for n in guests)
         settings = Settings(runs, settings.warmup_s, settings.window_s)
     logs = Path(tempfile.mkdtemp(prefix="balloond-scale-logs-"))
     daemon_cores, sim_cores = cpu_plan()

@@ -99,7 +99,11 @@ def test_defaults() -> None:
     assert config.daemon.audit_log == Path("/var/lib/balloond/audit.jsonl")
     assert config.daemon.log_format == "auto"
     assert config.daemon.dry_run is False
-    assert config.daemon.history_s == 60.0
+    assert config.daemon.history_s is None
+    assert config.daemon.history_window_s == 15.0
+    assert config.daemon.history_len == 15
+    slow = Config.model_validate({"daemon": {"poll_interval_s": 10}})
+    assert slow.daemon.history_window_s == 3 * 10 + 1 + 10
     assert config.discovery.globs == ()
     assert config.host.reserve_bytes(10 * GiB) == GiB
     assert list(config.policies) == ["default"]

@@ -20,8 +20,10 @@ from __future__ import annotations
 import enum
 import glob
 import logging
+import os
 import re
 import stat
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +92,33 @@ def is_socket(path: Path) -> bool:
         return False
 
 
+#: pattern -> (its directory's mtime, the sockets it matched then). A rescan of a
+#: directory in which nothing was created or removed costs one stat, not one per guest.
+_GLOB_CACHE: dict[str, tuple[int, list[Path]]] = {}
+#: A directory changed this recently is globbed again anyway: a file system with coarse
+#: timestamps could show the same mtime before and after a change within one tick.
+_SETTLED_NS = 2_000_000_000
+
+
+def _sockets(pattern: str) -> list[Path]:
+    """The unix sockets ``pattern`` matches, sorted."""
+    directory = os.path.dirname(pattern)
+    mtime: int | None = None
+    if not glob.has_magic(directory):
+        try:
+            mtime = os.stat(directory).st_mtime_ns
+        except OSError:
+            return []
+        cached = _GLOB_CACHE.get(pattern)
+        settled = time.time_ns() - mtime > _SETTLED_NS
+        if cached is not None and cached[0] == mtime and settled:
+            return cached[1]
+    found = [path for match in sorted(glob.glob(pattern)) if is_socket(path := Path(match))]
+    if mtime is not None:
+        _GLOB_CACHE[pattern] = (mtime, found)
+    return found
+
+
 def discover(
     *,
     static: Iterable[GuestSpec],
@@ -116,10 +145,8 @@ def discover(
 
     for patterns, way in ((globs, Way.QMP), (shared_globs, Way.QMP_SHARED)):
         for pattern in patterns:
-            for match in sorted(glob.glob(pattern)):
-                path = Path(match)
-                if is_socket(path):
-                    add(GuestSpec(name_from_path(path), way, str(path), source="glob"))
+            for path in _sockets(pattern):
+                add(GuestSpec(name_from_path(path), way, str(path), source="glob"))
     for source in found:
         for spec in source:
             add(spec)

@@ -34,6 +34,7 @@ _QMP_FIELDS: dict[str, str] = {
     "stat-direct-reclaims": "direct_reclaims",
 }
 QMP_STAT_NAMES: tuple[str, ...] = tuple(_QMP_FIELDS)
+_QMP_NAMES = QMP_STAT_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,16 +82,19 @@ class BalloonStats:
         raw = reply.get("stats", {})
         if not isinstance(raw, Mapping):
             raise ValueError(f"guest-stats 'stats' is not an object: {raw!r:.200}")
-        values: dict[str, int | None] = {}
-        for qmp_name, field_name in _QMP_FIELDS.items():
-            value = raw.get(qmp_name)
+        # Once per guest per poll: a plain loop with an exact type test (JSON numbers are
+        # int or float; bool, a subclass of int, is refused too).
+        values: list[int | None] = []
+        get = raw.get
+        for qmp_name in _QMP_NAMES:
+            value = get(qmp_name)
             if value is None or value == QMP_NOT_REPORTED:
-                values[field_name] = None
-            elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                values[field_name] = value
+                values.append(None)
+            elif value.__class__ is int and value >= 0:
+                values.append(value)
             else:
                 raise ValueError(f"guest-stats {qmp_name} is not a non-negative integer: {value!r}")
-        return cls(last_update=last_update, **values)
+        return cls(last_update, *values)
 
     def to_qmp(self) -> dict[str, Any]:
         """The inverse of :meth:`from_qmp` (used by the simulator and by traces)."""
@@ -103,6 +107,10 @@ class BalloonStats:
     def as_dict(self) -> dict[str, int | None]:
         """Field name -> value, for audit records and JSON output."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# from_qmp builds BalloonStats positionally, in _QMP_FIELDS' order.
+assert tuple(f.name for f in fields(BalloonStats))[1:] == tuple(_QMP_FIELDS.values())
 
 
 @dataclass(frozen=True, slots=True)

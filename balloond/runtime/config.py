@@ -274,8 +274,11 @@ class DaemonConfig(_Section):
         "default <state_dir>/audit.jsonl",
         json_schema_extra=_no_default,
     )
-    history_s: float = Field(
-        60.0, gt=0, description="seconds of samples kept per guest for the engine"
+    history_s: float | None = Field(
+        None,
+        gt=0,
+        description="seconds of samples kept per guest for the engine; unset: 15, or what "
+        "telling stale stats needs at this poll interval if that is more",
     )
     timeline_s: float = Field(
         3600.0, gt=0, le=7 * 86400, description="seconds of each guest's timeline kept for plots"
@@ -295,8 +298,18 @@ class DaemonConfig(_Section):
 
     @property
     def history_len(self) -> int:
-        """Samples kept per guest: ``history_s`` worth at ``poll_interval_s`` (at least 2)."""
-        return max(2, round(self.history_s / self.poll_interval_s))
+        """Samples kept per guest: :attr:`history_window_s` worth at ``poll_interval_s``
+        (at least 2)."""
+        return max(2, round(self.history_window_s / self.poll_interval_s))
+
+    @property
+    def history_window_s(self) -> float:
+        """``history_s``, or when unset 15 s or the staleness window and one more poll,
+        whichever is longer (the engine reads only the samples since the guest's previous
+        report, which stale detection bounds; the trace recorder reads every 5 s)."""
+        if self.history_s is not None:
+            return self.history_s
+        return max(15.0, stale_after_s(self.poll_interval_s) + self.poll_interval_s)
 
     @property
     def audit_path(self) -> Path | None:
@@ -315,9 +328,9 @@ class DaemonConfig(_Section):
 
     @field_validator("history_s")
     @classmethod
-    def _history_covers_staleness(cls, value: float, info: ValidationInfo) -> float:
+    def _history_covers_staleness(cls, value: float | None, info: ValidationInfo) -> float | None:
         poll_s = info.data.get("poll_interval_s")
-        if poll_s is not None and value < stale_after_s(poll_s):
+        if value is not None and poll_s is not None and value < stale_after_s(poll_s):
             raise PydanticCustomError(
                 "history",
                 "must be at least {need}s: the engine needs that much history to tell "

@@ -101,7 +101,7 @@ class TraceRecorder:
 
     def _flush_every_s(self) -> float:
         # Read the histories before their oldest unread samples fall out of them.
-        return min(FLUSH_EVERY_S, self.daemon.config.daemon.history_s / 2)
+        return min(FLUSH_EVERY_S, self.daemon.config.daemon.history_window_s / 2)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush every few seconds until ``stop`` is set, then once more."""
