@@ -14,7 +14,7 @@ import pytest
 from daemon_helpers import WAIT_S, running, until
 from prometheus_client import generate_latest
 
-from balloond.adapters.metrics import make_registry
+from balloond.adapters.metrics import make_registry, render, take_snapshot_async
 from balloond.adapters.qmp import EVENT_QUEUE_LEN, QmpLink
 from balloond.adapters.systemd import status_line
 from balloond.core.events import BalloonChange
@@ -277,3 +277,50 @@ async def test_balloon_features_show_in_status_and_metrics_with_one_warning(
         assert 'balloond_guest_balloon_feature{feature="deflate-on-oom",guest="safe"} 1.0' in text
     warnings = [r for r in caplog.records if "deflate-on-oom is off" in r.getMessage()]
     assert [r.name for r in warnings] == ["balloond.guest.exposed"]
+
+
+async def test_a_scrape_reads_the_fleet_in_steps_and_writes_the_text_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """The endpoint's snapshot reads a few guests per turn of the loop (other tasks run in
+    between), and the text written from it in a worker thread is what a one-go collector
+    reports."""
+    sock_dir = tmp_path / "socks"
+    sock_dir.mkdir()
+    specs = [SimGuestSpec(f"vm{i:02d}", GUEST_RAM) for i in range(12)]
+    async with (
+        SimFleet(dir=sock_dir, guests=specs),
+        running(fleet_config(tmp_path, sock_dir)) as daemon,
+    ):
+        assert await until(
+            lambda: all(c.link.state is LinkState.ACTIVE for c in daemon.guests.values())
+        )
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.create_task(count_turns())
+        try:
+            snap, held = await take_snapshot_async(daemon, chunk=5)
+        finally:
+            counter.cancel()
+            await asyncio.gather(counter, return_exceptions=True)
+        assert turns >= 3, "the snapshot never let the loop turn"  # 12 guests, 5 at a time
+        assert [name for name, _ in snap.guests] == sorted(daemon.guests)
+        assert held >= 0
+        text = (await asyncio.to_thread(render, snap)).decode()
+        direct = generate_latest(make_registry(daemon)).decode()
+
+        def series(body: str) -> set[str]:
+            return {
+                line.split(" ")[0]
+                for line in body.splitlines()
+                if line.startswith("balloond_guest_info") or line.startswith("balloond_guests{")
+            }
+
+        assert series(text) == series(direct)
+        assert 'balloond_guests{state="active"} 12.0' in text

@@ -1,9 +1,11 @@
 """Prometheus metrics: what each guest's balloon does and how the daemon itself is doing.
 
-Nothing is counted on the hot path: :class:`DaemonCollector` reads the daemon's state
-(controllers, links, decision counters) when Prometheus scrapes. The endpoint is a tiny
-asyncio HTTP server answering ``GET /metrics`` on the event loop itself, so a scrape sees a
-consistent picture without locks, and stopping it is as clean as stopping any other task.
+Nothing is counted on the hot path: a scrape reads the daemon's state (controllers, links,
+decision counters) when Prometheus asks. The endpoint is a tiny asyncio HTTP server
+answering ``GET /metrics``: it copies what it reports on the event loop, a few hundred
+guests per turn of the loop (:func:`take_snapshot_async`), and writes the text in a worker
+thread (:func:`render`), so that a scrape of thousands of guests never holds the loop for
+more than a few milliseconds at once; ``balloond_scrape_loop_seconds`` says how long.
 (prometheus_client's own server runs in a thread, which would read the daemon's dicts while
 the loop changes them.) It listens on loopback by default: put a proxy or an SSH tunnel in
 front of it rather than open it to the network.
@@ -18,20 +20,24 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from balloond.adapters.port import DaemonPort
+from balloond.adapters.port import DaemonPort, GuestReading
 from balloond.core.link import LinkState
 from balloond.runtime.config import parse_host_port
 
 log = logging.getLogger("balloond.adapters.metrics")
 
 DEFAULT_ADDRESS = "127.0.0.1:9847"
+#: Guests read per turn of the event loop while a scrape takes its snapshot.
+SNAPSHOT_CHUNK = 250
 #: How often the loop-lag ticker wakes, and over how many ticks the worst lag is kept.
 LAG_TICK_S = 0.5
 LAG_WINDOW = 20
@@ -63,8 +69,249 @@ class LoopLag:
                 self.samples.append(max(0.0, loop.time() - before - self.tick_s))
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a scrape reports, copied out of the daemon on the event loop, so that the
+    text can be written elsewhere (a worker thread) while the daemon moves on."""
+
+    guests: list[tuple[str, GuestReading]]
+    cycles: int
+    reload_failures: int
+    reload_error: bool
+    #: (task, failures, restarting) per task that failed.
+    failures: list[tuple[str, int, bool]]
+    host: tuple[int, int] | None
+    lag_s: float | None
+    lag_window: int
+    #: How long the previous scrape held the event loop (None before the first).
+    scrape_loop_s: float | None
+    now_wall: float
+
+
+def _head(d: DaemonPort, lag: LoopLag | None, guests: list[tuple[str, GuestReading]],
+          scrape_loop_s: float | None) -> Snapshot:  # fmt: skip
+    host = d.host
+    return Snapshot(
+        guests=guests,
+        cycles=d.cycles,
+        reload_failures=d.reload_failures,
+        reload_error=bool(d.reload_error),
+        failures=[(f.task, f.failures, f.restarting) for f in d.task_failures()],
+        host=None if host is None else (host.total_bytes, host.available_bytes),
+        lag_s=None if lag is None else lag.worst_s,
+        lag_window=0 if lag is None else (lag.samples.maxlen or 0),
+        scrape_loop_s=scrape_loop_s,
+        now_wall=time.time(),
+    )
+
+
+def take_snapshot(
+    d: DaemonPort, lag: LoopLag | None = None, scrape_loop_s: float | None = None
+) -> Snapshot:
+    """The snapshot in one go (for a few guests, and for tests)."""
+    guests = [(name, guest.reading()) for name, guest in sorted(d.guests.items())]
+    return _head(d, lag, guests, scrape_loop_s)
+
+
+async def take_snapshot_async(
+    d: DaemonPort,
+    lag: LoopLag | None = None,
+    scrape_loop_s: float | None = None,
+    *,
+    chunk: int = SNAPSHOT_CHUNK,
+) -> tuple[Snapshot, float]:
+    """The snapshot, read ``chunk`` guests at a time with a turn of the loop in between,
+    so that no guest's poll waits for the whole fleet to be read; also the longest the
+    loop was held at once (seconds)."""
+    clock = time.perf_counter
+    started = clock()
+    names = sorted(d.guests)
+    guests: list[tuple[str, GuestReading]] = []
+    held = clock() - started
+    for at in range(0, len(names), chunk):
+        await asyncio.sleep(0)
+        started = clock()
+        live = d.guests
+        for name in names[at : at + chunk]:
+            guest = live.get(name)
+            if guest is not None:  # it may have gone while we looked at others
+                guests.append((name, guest.reading()))
+        held = max(held, clock() - started)
+    started = clock()
+    snap = _head(d, lag, guests, scrape_loop_s)
+    return snap, max(held, clock() - started)
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families of a snapshot: pure, so it can run in any thread."""
+    g = ["guest"]
+    actual = GaugeMetricFamily(
+        "balloond_guest_actual_bytes", "Guest memory size now (QMP actual)", labels=g
+    )
+    target = GaugeMetricFamily(
+        "balloond_guest_target_bytes", "Balloon target balloond last set", labels=g
+    )
+    available = GaugeMetricFamily(
+        "balloond_guest_available_bytes", "Memory available inside the guest", labels=g
+    )
+    boot = GaugeMetricFamily("balloond_guest_boot_bytes", "Guest memory at boot", labels=g)
+    age = GaugeMetricFamily(
+        "balloond_guest_stats_age_seconds",
+        "Time since the guest last reported balloon stats",
+        labels=g,
+    )
+    features = GaugeMetricFamily(
+        "balloond_guest_balloon_feature",
+        "1 if the balloon device has the feature on, 0 if off (absent: unknown)",
+        labels=["guest", "feature"],
+    )
+    info = GaugeMetricFamily(
+        "balloond_guest_info",
+        "Always 1: the guest's link state, automation mode and policy as labels",
+        labels=["guest", "state", "mode", "policy"],
+    )
+    decisions = CounterMetricFamily(
+        "balloond_guest_decisions",
+        "Policy decisions by reason since the daemon started",
+        labels=["guest", "reason"],
+    )
+    errors = CounterMetricFamily(
+        "balloond_guest_qmp_errors", "QMP calls that failed, timeouts included", labels=g
+    )
+    timeouts = CounterMetricFamily(
+        "balloond_guest_qmp_timeouts", "QMP calls that got no answer in time", labels=g
+    )
+    pressure = GaugeMetricFamily(
+        "balloond_guest_under_pressure",
+        "1 while the last decision said the guest needed memory (pressure, oom-risk, ...)",
+        labels=g,
+    )
+    oom = CounterMetricFamily(
+        "balloond_guest_oom_kills",
+        "Processes the guest's OOM killer ended since it booted (QEMU >= 9.2 reports it)",
+        labels=g,
+    )
+    floor = GaugeMetricFamily(
+        "balloond_guest_floor_bytes",
+        "The smallest size balloond would give the guest now (its last decision's floor)",
+        labels=g,
+    )
+    working_set = GaugeMetricFamily(
+        "balloond_guest_working_set_bytes",
+        "Available memory the guest's refaults showed it needs, in its floor now",
+        labels=g,
+    )
+    reserve = GaugeMetricFamily(
+        "balloond_guest_surge_reserve_bytes",
+        "Room kept above the floor for the guest's own worst recent surge",
+        labels=g,
+    )
+    by_state = dict.fromkeys((s.value for s in LinkState), 0)
+    reclaimed = under_pressure = 0
+    now_wall = snap.now_wall
+    for name, r in snap.guests:
+        by_state[r.state.value] = by_state.get(r.state.value, 0) + 1
+        info.add_metric([name, r.state.value, r.mode, r.policy or ""], 1)
+        if r.boot_bytes is not None:
+            boot.add_metric([name], r.boot_bytes)
+            if r.actual_bytes is not None:
+                reclaimed += max(0, r.boot_bytes - r.actual_bytes)
+        for feature, on in (
+            ("deflate-on-oom", r.deflate_on_oom),
+            ("free-page-reporting", r.free_page_reporting),
+        ):
+            if on is not None:
+                features.add_metric([name, feature], 1 if on else 0)
+        if r.target_bytes is not None:
+            target.add_metric([name], r.target_bytes)
+        if r.actual_bytes is not None:
+            actual.add_metric([name], r.actual_bytes)
+        if r.available_bytes is not None:
+            available.add_metric([name], r.available_bytes)
+        if r.stats_time is not None:
+            age.add_metric([name], max(0.0, now_wall - r.stats_time))
+        for reason, count in sorted(r.decisions.items()):
+            decisions.add_metric([name, reason], count)
+        errors.add_metric([name], r.errors_total)
+        timeouts.add_metric([name], r.timeouts_total)
+        pressure.add_metric([name], 1 if r.under_pressure else 0)
+        under_pressure += 1 if r.under_pressure else 0
+        if r.oom_kills is not None:
+            oom.add_metric([name], r.oom_kills)
+        if r.floor_bytes is not None:
+            floor.add_metric([name], r.floor_bytes)
+        working_set.add_metric([name], r.working_set_bytes or 0)
+        reserve.add_metric([name], r.surge_reserve_bytes or 0)
+    yield from (actual, target, available, boot, age, info, features)
+    yield from (decisions, errors, timeouts, pressure, oom, floor, working_set, reserve)
+
+    guests = GaugeMetricFamily("balloond_guests", "Managed guests by link state", labels=["state"])
+    for state, count in by_state.items():
+        guests.add_metric([state], count)
+    yield guests
+    yield GaugeMetricFamily(
+        "balloond_reclaimed_bytes",
+        "Memory given back to the host: boot size minus actual, summed over guests",
+        value=reclaimed,
+    )
+    yield GaugeMetricFamily(
+        "balloond_guests_under_pressure",
+        "Guests whose last decision was to give memory back because they needed it",
+        value=under_pressure,
+    )
+    yield CounterMetricFamily(
+        "balloond_control_cycles", "Host planner cycles run", value=snap.cycles
+    )
+    yield CounterMetricFamily(
+        "balloond_reload_failures", "Config reloads refused as invalid", value=snap.reload_failures
+    )
+    yield GaugeMetricFamily(
+        "balloond_reload_error",
+        "1 while the last reload was refused (the old config still runs)",
+        value=1 if snap.reload_error else 0,
+    )
+    failures = CounterMetricFamily(
+        "balloond_task_failures",
+        "Unexpected ends of supervised tasks (each was logged and restarted)",
+        labels=["task"],
+    )
+    restarting = GaugeMetricFamily(
+        "balloond_task_restarting",
+        "1 while a failed task waits out its backoff before it is started again",
+        labels=["task"],
+    )
+    for task, count, again in snap.failures:
+        failures.add_metric([task], count)
+        restarting.add_metric([task], 1 if again else 0)
+    yield failures
+    yield restarting
+    if snap.host is not None:
+        yield GaugeMetricFamily(
+            "balloond_host_total_bytes", "Host memory (MemTotal)", value=snap.host[0]
+        )
+        yield GaugeMetricFamily(
+            "balloond_host_available_bytes",
+            "Host memory available (MemAvailable)",
+            value=snap.host[1],
+        )
+    if snap.lag_s is not None:
+        yield GaugeMetricFamily(
+            "balloond_event_loop_lag_seconds",
+            f"Worst event-loop wake-up delay over the last {snap.lag_window} ticks",
+            value=snap.lag_s,
+        )
+    if snap.scrape_loop_s is not None:
+        yield GaugeMetricFamily(
+            "balloond_scrape_loop_seconds",
+            "How long the previous scrape held the event loop at once (the text is written "
+            "in a worker thread)",
+            value=snap.scrape_loop_s,
+        )
+
+
 class DaemonCollector:
-    """A prometheus_client collector reading the daemon (its :class:`DaemonView`) at scrape."""
+    """A prometheus_client collector reading the daemon (a :class:`DaemonPort`) when
+    collected: for tests and tools; the endpoint snapshots in steps instead."""
 
     def __init__(self, daemon: DaemonPort, lag: LoopLag | None = None) -> None:
         self.daemon = daemon
@@ -74,163 +321,26 @@ class DaemonCollector:
         return []  # names vary with the guests; nothing to pre-register
 
     def collect(self) -> Iterable[Metric]:
-        d = self.daemon
-        g = ["guest"]
-        actual = GaugeMetricFamily(
-            "balloond_guest_actual_bytes", "Guest memory size now (QMP actual)", labels=g
-        )
-        target = GaugeMetricFamily(
-            "balloond_guest_target_bytes", "Balloon target balloond last set", labels=g
-        )
-        available = GaugeMetricFamily(
-            "balloond_guest_available_bytes", "Memory available inside the guest", labels=g
-        )
-        boot = GaugeMetricFamily("balloond_guest_boot_bytes", "Guest memory at boot", labels=g)
-        age = GaugeMetricFamily(
-            "balloond_guest_stats_age_seconds",
-            "Time since the guest last reported balloon stats",
-            labels=g,
-        )
-        features = GaugeMetricFamily(
-            "balloond_guest_balloon_feature",
-            "1 if the balloon device has the feature on, 0 if off (absent: unknown)",
-            labels=["guest", "feature"],
-        )
-        info = GaugeMetricFamily(
-            "balloond_guest_info",
-            "Always 1: the guest's link state, automation mode and policy as labels",
-            labels=["guest", "state", "mode", "policy"],
-        )
-        decisions = CounterMetricFamily(
-            "balloond_guest_decisions",
-            "Policy decisions by reason since the daemon started",
-            labels=["guest", "reason"],
-        )
-        errors = CounterMetricFamily(
-            "balloond_guest_qmp_errors", "QMP calls that failed, timeouts included", labels=g
-        )
-        timeouts = CounterMetricFamily(
-            "balloond_guest_qmp_timeouts", "QMP calls that got no answer in time", labels=g
-        )
-        pressure = GaugeMetricFamily(
-            "balloond_guest_under_pressure",
-            "1 while the last decision said the guest needed memory (pressure, oom-risk, ...)",
-            labels=g,
-        )
-        oom = CounterMetricFamily(
-            "balloond_guest_oom_kills",
-            "Processes the guest's OOM killer ended since it booted (QEMU >= 9.2 reports it)",
-            labels=g,
-        )
-        floor = GaugeMetricFamily(
-            "balloond_guest_floor_bytes",
-            "The smallest size balloond would give the guest now (its last decision's floor)",
-            labels=g,
-        )
-        working_set = GaugeMetricFamily(
-            "balloond_guest_working_set_bytes",
-            "Available memory the guest's refaults showed it needs, in its floor now",
-            labels=g,
-        )
-        reserve = GaugeMetricFamily(
-            "balloond_guest_surge_reserve_bytes",
-            "Room kept above the floor for the guest's own worst recent surge",
-            labels=g,
-        )
-        by_state = dict.fromkeys((s.value for s in LinkState), 0)
-        now_wall = time.time()
-        for name, guest in sorted(d.guests.items()):
-            r = guest.reading()
-            by_state[r.state.value] = by_state.get(r.state.value, 0) + 1
-            info.add_metric([name, r.state.value, r.mode, r.policy or ""], 1)
-            if r.boot_bytes is not None:
-                boot.add_metric([name], r.boot_bytes)
-            for feature, on in (
-                ("deflate-on-oom", r.deflate_on_oom),
-                ("free-page-reporting", r.free_page_reporting),
-            ):
-                if on is not None:
-                    features.add_metric([name, feature], 1 if on else 0)
-            if r.target_bytes is not None:
-                target.add_metric([name], r.target_bytes)
-            if r.actual_bytes is not None:
-                actual.add_metric([name], r.actual_bytes)
-            if r.available_bytes is not None:
-                available.add_metric([name], r.available_bytes)
-            if r.stats_time is not None:
-                age.add_metric([name], max(0.0, now_wall - r.stats_time))
-            for reason, count in sorted(r.decisions.items()):
-                decisions.add_metric([name, reason], count)
-            errors.add_metric([name], r.errors_total)
-            timeouts.add_metric([name], r.timeouts_total)
-            pressure.add_metric([name], 1 if r.under_pressure else 0)
-            if r.oom_kills is not None:
-                oom.add_metric([name], r.oom_kills)
-            if r.floor_bytes is not None:
-                floor.add_metric([name], r.floor_bytes)
-            working_set.add_metric([name], r.working_set_bytes or 0)
-            reserve.add_metric([name], r.surge_reserve_bytes or 0)
-        yield from (actual, target, available, boot, age, info, features)
-        yield from (decisions, errors, timeouts, pressure, oom, floor, working_set, reserve)
+        return families(take_snapshot(self.daemon, self.lag))
 
-        guests = GaugeMetricFamily(
-            "balloond_guests", "Managed guests by link state", labels=["state"]
-        )
-        for state, count in by_state.items():
-            guests.add_metric([state], count)
-        yield guests
-        summary = d.summary()
-        yield GaugeMetricFamily(
-            "balloond_reclaimed_bytes",
-            "Memory given back to the host: boot size minus actual, summed over guests",
-            value=summary["reclaimed_bytes"],
-        )
-        yield GaugeMetricFamily(
-            "balloond_guests_under_pressure",
-            "Guests whose last decision was to give memory back because they needed it",
-            value=summary["under_pressure"],
-        )
-        yield CounterMetricFamily(
-            "balloond_control_cycles", "Host planner cycles run", value=d.cycles
-        )
-        yield CounterMetricFamily(
-            "balloond_reload_failures", "Config reloads refused as invalid", value=d.reload_failures
-        )
-        yield GaugeMetricFamily(
-            "balloond_reload_error",
-            "1 while the last reload was refused (the old config still runs)",
-            value=1 if d.reload_error else 0,
-        )
-        failures = CounterMetricFamily(
-            "balloond_task_failures",
-            "Unexpected ends of supervised tasks (each was logged and restarted)",
-            labels=["task"],
-        )
-        restarting = GaugeMetricFamily(
-            "balloond_task_restarting",
-            "1 while a failed task waits out its backoff before it is started again",
-            labels=["task"],
-        )
-        for failure in d.task_failures():
-            failures.add_metric([failure.task], failure.failures)
-            restarting.add_metric([failure.task], 1 if failure.restarting else 0)
-        yield failures
-        yield restarting
-        if d.host is not None:
-            yield GaugeMetricFamily(
-                "balloond_host_total_bytes", "Host memory (MemTotal)", value=d.host.total_bytes
-            )
-            yield GaugeMetricFamily(
-                "balloond_host_available_bytes",
-                "Host memory available (MemAvailable)",
-                value=d.host.available_bytes,
-            )
-        if self.lag is not None:
-            yield GaugeMetricFamily(
-                "balloond_event_loop_lag_seconds",
-                f"Worst event-loop wake-up delay over the last {self.lag.samples.maxlen} ticks",
-                value=self.lag.worst_s,
-            )
+
+class _SnapshotCollector:
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.snap)
+
+
+def render(snap: Snapshot) -> bytes:
+    """The exposition text of a snapshot, with the process's own metrics (in a thread)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snap))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
 
 
 def make_registry(daemon: DaemonPort, lag: LoopLag | None = None) -> CollectorRegistry:
@@ -247,9 +357,13 @@ class MetricsAdapter:
 
     def __init__(self, daemon: DaemonPort, *, address: str = DEFAULT_ADDRESS) -> None:
         self.host, self.port = parse_host_port(address)
+        self.daemon = daemon
         self.lag = LoopLag()
-        self.registry = make_registry(daemon, self.lag)
         self._clients: set[asyncio.Task[Any]] = set()
+        #: Writes the text of each scrape off the event loop (one at a time).
+        self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="balloond-metrics")
+        #: How long the last scrape held the event loop at once (seconds).
+        self.scrape_loop_s: float | None = None
         #: The bound (host, port), once listening (port 0 asks the kernel for one).
         self.bound: tuple[str, int] | None = None
 
@@ -272,6 +386,7 @@ class MetricsAdapter:
                 task.cancel()
             await asyncio.gather(ticker, *self._clients, return_exceptions=True)
             await server.wait_closed()
+            self._render.shutdown(wait=False, cancel_futures=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -314,7 +429,10 @@ class MetricsAdapter:
             return "405 Method Not Allowed", text, b"GET only\n", False
         head_only = method == b"HEAD"
         if target == b"/metrics":
-            return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, generate_latest(self.registry), head_only
+            snap, held = await take_snapshot_async(self.daemon, self.lag, self.scrape_loop_s)
+            self.scrape_loop_s = held
+            body = await asyncio.get_running_loop().run_in_executor(self._render, render, snap)
+            return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, body, head_only
         if target == b"/":
             return "200 OK", text, b"balloond: metrics at /metrics\n", head_only
         return "404 Not Found", text, b"not found; try /metrics\n", head_only

@@ -248,7 +248,7 @@ class GuestController:
             stats_time=stats.last_update if stats and stats.last_update > 0 else None,
             deflate_on_oom=link.deflate_on_oom,
             free_page_reporting=link.free_page_reporting,
-            decisions=self.decisions,
+            decisions=dict(self.decisions),  # a copy: a scrape reads it in another thread
             errors_total=link.errors_total,
             timeouts_total=link.timeouts_total,
             under_pressure=decision is not None and decision.reason in PRESSURE_REASONS,
