@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from daemon_helpers import WAIT_S, running, until
-from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from balloond.adapters.metrics import make_registry, render, take_snapshot_async
+from balloond.adapters.metrics import scrape, scrape_now
 from balloond.adapters.qmp import EVENT_QUEUE_LEN, QmpLink
 from balloond.adapters.systemd import status_line
 from balloond.core.events import BalloonChange
@@ -169,7 +169,7 @@ async def test_a_failing_daemon_loop_is_logged_restarted_and_shown(
         assert failure[0]["failures"] == 2
         assert failure[0]["last_error"] == "KeyError: 'MemAvailable'"
         assert "2 task failure(s), latest host-planner: KeyError" in status_line(daemon)
-        text = generate_latest(make_registry(daemon)).decode()
+        text = scrape_now(daemon).decode()
         assert 'balloond_task_failures_total{task="host-planner"} 2.0' in text
     tracebacks = [r for r in caplog.records if "host-planner failed" in r.getMessage()]
     assert len(tracebacks) == 2
@@ -270,7 +270,7 @@ async def test_balloon_features_show_in_status_and_metrics_with_one_warning(
             True,
             True,
         )
-        text = generate_latest(make_registry(daemon)).decode()
+        text = scrape_now(daemon).decode()
         assert (
             'balloond_guest_balloon_feature{feature="deflate-on-oom",guest="exposed"} 0.0' in text
         )
@@ -279,12 +279,9 @@ async def test_balloon_features_show_in_status_and_metrics_with_one_warning(
     assert [r.name for r in warnings] == ["balloond.guest.exposed"]
 
 
-async def test_a_scrape_reads_the_fleet_in_steps_and_writes_the_text_elsewhere(
-    tmp_path: Path,
-) -> None:
-    """The endpoint's snapshot reads a few guests per turn of the loop (other tasks run in
-    between), and the text written from it in a worker thread is what a one-go collector
-    reports."""
+async def test_a_scrape_writes_the_fleet_in_steps(tmp_path: Path) -> None:
+    """The endpoint writes a few guests per turn of the loop (other tasks run in between),
+    and its text is what one go over the whole fleet writes; Prometheus can parse it."""
     sock_dir = tmp_path / "socks"
     sock_dir.mkdir()
     specs = [SimGuestSpec(f"vm{i:02d}", GUEST_RAM) for i in range(12)]
@@ -305,22 +302,27 @@ async def test_a_scrape_reads_the_fleet_in_steps_and_writes_the_text_elsewhere(
 
         counter = asyncio.create_task(count_turns())
         try:
-            snap, held = await take_snapshot_async(daemon, chunk=5)
+            body, held = await scrape(daemon, chunk=5)
         finally:
             counter.cancel()
             await asyncio.gather(counter, return_exceptions=True)
-        assert turns >= 3, "the snapshot never let the loop turn"  # 12 guests, 5 at a time
-        assert [name for name, _ in snap.guests] == sorted(daemon.guests)
+        assert turns >= 3, "the scrape never let the loop turn"  # 12 guests, 5 at a time
         assert held >= 0
-        text = (await asyncio.to_thread(render, snap)).decode()
-        direct = generate_latest(make_registry(daemon)).decode()
+        text = body.decode()
+        direct = scrape_now(daemon).decode()
 
         def series(body: str) -> set[str]:
             return {
                 line.split(" ")[0]
                 for line in body.splitlines()
-                if line.startswith("balloond_guest_info") or line.startswith("balloond_guests{")
+                if line.startswith(("balloond_guest_info", "balloond_guests{"))
             }
 
         assert series(text) == series(direct)
         assert 'balloond_guests{state="active"} 12.0' in text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        info = families["balloond_guest_info"]
+        assert sorted(s.labels["guest"] for s in info.samples) == sorted(daemon.guests)
+        assert {s.labels["state"] for s in info.samples} == {"active"}
+        assert len(families["balloond_guest_actual_bytes"].samples) == 12
+        assert families["balloond_guest_decisions"].type == "counter"

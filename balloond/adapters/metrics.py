@@ -2,10 +2,12 @@
 
 Nothing is counted on the hot path: a scrape reads the daemon's state (controllers, links,
 decision counters) when Prometheus asks. The endpoint is a tiny asyncio HTTP server
-answering ``GET /metrics``: it copies what it reports on the event loop, a few hundred
-guests per turn of the loop (:func:`take_snapshot_async`), and writes the text in a worker
-thread (:func:`render`), so that a scrape of thousands of guests never holds the loop for
-more than a few milliseconds at once; ``balloond_scrape_loop_seconds`` says how long.
+answering ``GET /metrics`` on the event loop: it writes the per-guest series as text
+directly, a few hundred guests per turn of the loop (:func:`scrape`), so that a scrape of
+thousands of guests never holds the loop for more than a few milliseconds at once
+(``balloond_scrape_loop_seconds`` says how long). (Writing the text in a worker thread
+instead made things worse: the thread's bytecode and the loop's many short system calls
+fight over the GIL, and each of the loop's calls waits out the switch interval.)
 (prometheus_client's own server runs in a thread, which would read the daemon's dicts while
 the loop changes them.) It listens on loopback by default: put a proxy or an SSH tunnel in
 front of it rather than open it to the network.
@@ -21,8 +23,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -69,206 +69,155 @@ class LoopLag:
                 self.samples.append(max(0.0, loop.time() - before - self.tick_s))
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything a scrape reports, copied out of the daemon on the event loop, so that the
-    text can be written elsewhere (a worker thread) while the daemon moves on."""
-
-    guests: list[tuple[str, GuestReading]]
-    cycles: int
-    reload_failures: int
-    reload_error: bool
-    #: (task, failures, restarting) per task that failed.
-    failures: list[tuple[str, int, bool]]
-    host: tuple[int, int] | None
-    lag_s: float | None
-    lag_window: int
-    #: How long the previous scrape held the event loop (None before the first).
-    scrape_loop_s: float | None
-    now_wall: float
-
-
-def _head(d: DaemonPort, lag: LoopLag | None, guests: list[tuple[str, GuestReading]],
-          scrape_loop_s: float | None) -> Snapshot:  # fmt: skip
-    host = d.host
-    return Snapshot(
-        guests=guests,
-        cycles=d.cycles,
-        reload_failures=d.reload_failures,
-        reload_error=bool(d.reload_error),
-        failures=[(f.task, f.failures, f.restarting) for f in d.task_failures()],
-        host=None if host is None else (host.total_bytes, host.available_bytes),
-        lag_s=None if lag is None else lag.worst_s,
-        lag_window=0 if lag is None else (lag.samples.maxlen or 0),
-        scrape_loop_s=scrape_loop_s,
-        now_wall=time.time(),
-    )
-
-
-def take_snapshot(
-    d: DaemonPort, lag: LoopLag | None = None, scrape_loop_s: float | None = None
-) -> Snapshot:
-    """The snapshot in one go (for a few guests, and for tests)."""
-    guests = [(name, guest.reading()) for name, guest in sorted(d.guests.items())]
-    return _head(d, lag, guests, scrape_loop_s)
-
-
-async def take_snapshot_async(
-    d: DaemonPort,
-    lag: LoopLag | None = None,
-    scrape_loop_s: float | None = None,
-    *,
-    chunk: int = SNAPSHOT_CHUNK,
-) -> tuple[Snapshot, float]:
-    """The snapshot, read ``chunk`` guests at a time with a turn of the loop in between,
-    so that no guest's poll waits for the whole fleet to be read; also the longest the
-    loop was held at once (seconds)."""
-    clock = time.perf_counter
-    started = clock()
-    names = sorted(d.guests)
-    guests: list[tuple[str, GuestReading]] = []
-    held = clock() - started
-    for at in range(0, len(names), chunk):
-        await asyncio.sleep(0)
-        started = clock()
-        live = d.guests
-        for name in names[at : at + chunk]:
-            guest = live.get(name)
-            if guest is not None:  # it may have gone while we looked at others
-                guests.append((name, guest.reading()))
-        held = max(held, clock() - started)
-    started = clock()
-    snap = _head(d, lag, guests, scrape_loop_s)
-    return snap, max(held, clock() - started)
-
-
-def families(snap: Snapshot) -> Iterator[Metric]:
-    """The metric families of a snapshot: pure, so it can run in any thread."""
-    g = ["guest"]
-    actual = GaugeMetricFamily(
-        "balloond_guest_actual_bytes", "Guest memory size now (QMP actual)", labels=g
-    )
-    target = GaugeMetricFamily(
-        "balloond_guest_target_bytes", "Balloon target balloond last set", labels=g
-    )
-    available = GaugeMetricFamily(
-        "balloond_guest_available_bytes", "Memory available inside the guest", labels=g
-    )
-    boot = GaugeMetricFamily("balloond_guest_boot_bytes", "Guest memory at boot", labels=g)
-    age = GaugeMetricFamily(
+#: The per-guest families, in the order a scrape lists them: (name as exposed, type, help).
+#: Counters carry ``_total`` in their exposed name, as prometheus_client writes them.
+_GUEST_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("balloond_guest_actual_bytes", "gauge", "Guest memory size now (QMP actual)"),
+    ("balloond_guest_target_bytes", "gauge", "Balloon target balloond last set"),
+    ("balloond_guest_available_bytes", "gauge", "Memory available inside the guest"),
+    ("balloond_guest_boot_bytes", "gauge", "Guest memory at boot"),
+    (
         "balloond_guest_stats_age_seconds",
+        "gauge",
         "Time since the guest last reported balloon stats",
-        labels=g,
-    )
-    features = GaugeMetricFamily(
-        "balloond_guest_balloon_feature",
-        "1 if the balloon device has the feature on, 0 if off (absent: unknown)",
-        labels=["guest", "feature"],
-    )
-    info = GaugeMetricFamily(
-        "balloond_guest_info",
-        "Always 1: the guest's link state, automation mode and policy as labels",
-        labels=["guest", "state", "mode", "policy"],
-    )
-    decisions = CounterMetricFamily(
-        "balloond_guest_decisions",
-        "Policy decisions by reason since the daemon started",
-        labels=["guest", "reason"],
-    )
-    errors = CounterMetricFamily(
-        "balloond_guest_qmp_errors", "QMP calls that failed, timeouts included", labels=g
-    )
-    timeouts = CounterMetricFamily(
-        "balloond_guest_qmp_timeouts", "QMP calls that got no answer in time", labels=g
-    )
-    pressure = GaugeMetricFamily(
-        "balloond_guest_under_pressure",
-        "1 while the last decision said the guest needed memory (pressure, oom-risk, ...)",
-        labels=g,
-    )
-    oom = CounterMetricFamily(
-        "balloond_guest_oom_kills",
-        "Processes the guest's OOM killer ended since it booted (QEMU >= 9.2 reports it)",
-        labels=g,
-    )
-    floor = GaugeMetricFamily(
-        "balloond_guest_floor_bytes",
-        "The smallest size balloond would give the guest now (its last decision's floor)",
-        labels=g,
-    )
-    working_set = GaugeMetricFamily(
-        "balloond_guest_working_set_bytes",
-        "Available memory the guest's refaults showed it needs, in its floor now",
-        labels=g,
-    )
-    reserve = GaugeMetricFamily(
-        "balloond_guest_surge_reserve_bytes",
-        "Room kept above the floor for the guest's own worst recent surge",
-        labels=g,
-    )
-    by_state = dict.fromkeys((s.value for s in LinkState), 0)
-    reclaimed = under_pressure = 0
-    now_wall = snap.now_wall
-    for name, r in snap.guests:
-        by_state[r.state.value] = by_state.get(r.state.value, 0) + 1
-        info.add_metric([name, r.state.value, r.mode, r.policy or ""], 1)
+    ),
+    ("balloond_guest_info", "gauge",
+     "Always 1: the guest's link state, automation mode and policy as labels"),
+    ("balloond_guest_balloon_feature", "gauge",
+     "1 if the balloon device has the feature on, 0 if off (absent: unknown)"),
+    ("balloond_guest_decisions_total", "counter",
+     "Policy decisions by reason since the daemon started"),
+    ("balloond_guest_qmp_errors_total", "counter", "QMP calls that failed, timeouts included"),
+    ("balloond_guest_qmp_timeouts_total", "counter", "QMP calls that got no answer in time"),
+    ("balloond_guest_under_pressure", "gauge",
+     "1 while the last decision said the guest needed memory (pressure, oom-risk, ...)"),
+    ("balloond_guest_oom_kills_total", "counter",
+     "Processes the guest's OOM killer ended since it booted (QEMU >= 9.2 reports it)"),
+    ("balloond_guest_floor_bytes", "gauge",
+     "The smallest size balloond would give the guest now (its last decision's floor)"),
+    ("balloond_guest_working_set_bytes", "gauge",
+     "Available memory the guest's refaults showed it needs, in its floor now"),
+    ("balloond_guest_surge_reserve_bytes", "gauge",
+     "Room kept above the floor for the guest's own worst recent surge"),
+)  # fmt: skip
+(ACTUAL, TARGET, AVAILABLE, BOOT, AGE, INFO, FEATURE, DECISIONS, ERRORS, TIMEOUTS, PRESSURE,
+ OOM, FLOOR, WORKING_SET, RESERVE) = range(len(_GUEST_FAMILIES))  # fmt: skip
+
+
+def _fmt(value: float) -> str:
+    """A sample value (Python's float notation, which Prometheus reads)."""
+    return repr(float(value))
+
+
+def _label(value: str) -> str:
+    """A label value as the text format wants it (backslash, quote and newline escaped)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+class GuestLines:
+    """The per-guest part of a scrape, written as text directly, guest by guest, so a
+    scrape can do a few hundred guests per turn of the event loop (prometheus_client's
+    generic objects cost several times more per sample). Also the daemon-wide sums the
+    guests give (by link state, reclaimed, under pressure)."""
+
+    def __init__(self, now_wall: float) -> None:
+        self.now_wall = now_wall
+        self.lines: list[list[str]] = [[] for _ in _GUEST_FAMILIES]
+        self.by_state = dict.fromkeys((s.value for s in LinkState), 0)
+        self.reclaimed = 0
+        self.under_pressure = 0
+
+    def add(self, name: str, r: GuestReading) -> None:
+        lines, fmt = self.lines, _fmt
+        g = f'guest="{_label(name)}"'
+        self.by_state[r.state.value] = self.by_state.get(r.state.value, 0) + 1
+        lines[INFO].append(
+            f'balloond_guest_info{{{g},mode="{_label(r.mode)}",policy="{_label(r.policy or "")}"'
+            f',state="{r.state.value}"}} 1.0'
+        )
         if r.boot_bytes is not None:
-            boot.add_metric([name], r.boot_bytes)
+            lines[BOOT].append(f"balloond_guest_boot_bytes{{{g}}} {fmt(r.boot_bytes)}")
             if r.actual_bytes is not None:
-                reclaimed += max(0, r.boot_bytes - r.actual_bytes)
+                self.reclaimed += max(0, r.boot_bytes - r.actual_bytes)
         for feature, on in (
             ("deflate-on-oom", r.deflate_on_oom),
             ("free-page-reporting", r.free_page_reporting),
         ):
             if on is not None:
-                features.add_metric([name, feature], 1 if on else 0)
+                lines[FEATURE].append(
+                    f'balloond_guest_balloon_feature{{feature="{feature}",{g}}} '
+                    f"{'1.0' if on else '0.0'}"
+                )
         if r.target_bytes is not None:
-            target.add_metric([name], r.target_bytes)
+            lines[TARGET].append(f"balloond_guest_target_bytes{{{g}}} {fmt(r.target_bytes)}")
         if r.actual_bytes is not None:
-            actual.add_metric([name], r.actual_bytes)
+            lines[ACTUAL].append(f"balloond_guest_actual_bytes{{{g}}} {fmt(r.actual_bytes)}")
         if r.available_bytes is not None:
-            available.add_metric([name], r.available_bytes)
+            lines[AVAILABLE].append(
+                f"balloond_guest_available_bytes{{{g}}} {fmt(r.available_bytes)}"
+            )
         if r.stats_time is not None:
-            age.add_metric([name], max(0.0, now_wall - r.stats_time))
+            age = max(0.0, self.now_wall - r.stats_time)
+            lines[AGE].append(f"balloond_guest_stats_age_seconds{{{g}}} {fmt(age)}")
         for reason, count in sorted(r.decisions.items()):
-            decisions.add_metric([name, reason], count)
-        errors.add_metric([name], r.errors_total)
-        timeouts.add_metric([name], r.timeouts_total)
-        pressure.add_metric([name], 1 if r.under_pressure else 0)
-        under_pressure += 1 if r.under_pressure else 0
+            lines[DECISIONS].append(
+                f'balloond_guest_decisions_total{{{g},reason="{_label(reason)}"}} {fmt(count)}'
+            )
+        lines[ERRORS].append(f"balloond_guest_qmp_errors_total{{{g}}} {fmt(r.errors_total)}")
+        lines[TIMEOUTS].append(f"balloond_guest_qmp_timeouts_total{{{g}}} {fmt(r.timeouts_total)}")
+        lines[PRESSURE].append(
+            f"balloond_guest_under_pressure{{{g}}} {'1.0' if r.under_pressure else '0.0'}"
+        )
+        self.under_pressure += 1 if r.under_pressure else 0
         if r.oom_kills is not None:
-            oom.add_metric([name], r.oom_kills)
+            lines[OOM].append(f"balloond_guest_oom_kills_total{{{g}}} {fmt(r.oom_kills)}")
         if r.floor_bytes is not None:
-            floor.add_metric([name], r.floor_bytes)
-        working_set.add_metric([name], r.working_set_bytes or 0)
-        reserve.add_metric([name], r.surge_reserve_bytes or 0)
-    yield from (actual, target, available, boot, age, info, features)
-    yield from (decisions, errors, timeouts, pressure, oom, floor, working_set, reserve)
+            lines[FLOOR].append(f"balloond_guest_floor_bytes{{{g}}} {fmt(r.floor_bytes)}")
+        lines[WORKING_SET].append(
+            f"balloond_guest_working_set_bytes{{{g}}} {fmt(r.working_set_bytes or 0)}"
+        )
+        lines[RESERVE].append(
+            f"balloond_guest_surge_reserve_bytes{{{g}}} {fmt(r.surge_reserve_bytes or 0)}"
+        )
 
-    guests = GaugeMetricFamily("balloond_guests", "Managed guests by link state", labels=["state"])
-    for state, count in by_state.items():
-        guests.add_metric([state], count)
-    yield guests
+    def text(self) -> str:
+        out: list[str] = []
+        for (name, kind, help_text), lines in zip(_GUEST_FAMILIES, self.lines, strict=True):
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+            if lines:
+                out.append("\n".join(lines))
+                out.append("\n")
+        return "".join(out)
+
+
+def daemon_families(
+    d: DaemonPort, guests: GuestLines, lag: LoopLag | None, scrape_loop_s: float | None
+) -> Iterator[Metric]:
+    """The daemon-wide families (a handful of samples)."""
+    states = GaugeMetricFamily("balloond_guests", "Managed guests by link state", labels=["state"])
+    for state, count in guests.by_state.items():
+        states.add_metric([state], count)
+    yield states
     yield GaugeMetricFamily(
         "balloond_reclaimed_bytes",
         "Memory given back to the host: boot size minus actual, summed over guests",
-        value=reclaimed,
+        value=guests.reclaimed,
     )
     yield GaugeMetricFamily(
         "balloond_guests_under_pressure",
         "Guests whose last decision was to give memory back because they needed it",
-        value=under_pressure,
+        value=guests.under_pressure,
     )
+    yield CounterMetricFamily("balloond_control_cycles", "Host planner cycles run", value=d.cycles)
     yield CounterMetricFamily(
-        "balloond_control_cycles", "Host planner cycles run", value=snap.cycles
-    )
-    yield CounterMetricFamily(
-        "balloond_reload_failures", "Config reloads refused as invalid", value=snap.reload_failures
+        "balloond_reload_failures", "Config reloads refused as invalid", value=d.reload_failures
     )
     yield GaugeMetricFamily(
         "balloond_reload_error",
         "1 while the last reload was refused (the old config still runs)",
-        value=1 if snap.reload_error else 0,
+        value=1 if d.reload_error else 0,
     )
     failures = CounterMetricFamily(
         "balloond_task_failures",
@@ -280,74 +229,91 @@ def families(snap: Snapshot) -> Iterator[Metric]:
         "1 while a failed task waits out its backoff before it is started again",
         labels=["task"],
     )
-    for task, count, again in snap.failures:
-        failures.add_metric([task], count)
-        restarting.add_metric([task], 1 if again else 0)
+    for failure in d.task_failures():
+        failures.add_metric([failure.task], failure.failures)
+        restarting.add_metric([failure.task], 1 if failure.restarting else 0)
     yield failures
     yield restarting
-    if snap.host is not None:
+    if d.host is not None:
         yield GaugeMetricFamily(
-            "balloond_host_total_bytes", "Host memory (MemTotal)", value=snap.host[0]
+            "balloond_host_total_bytes", "Host memory (MemTotal)", value=d.host.total_bytes
         )
         yield GaugeMetricFamily(
             "balloond_host_available_bytes",
             "Host memory available (MemAvailable)",
-            value=snap.host[1],
+            value=d.host.available_bytes,
         )
-    if snap.lag_s is not None:
+    if lag is not None:
         yield GaugeMetricFamily(
             "balloond_event_loop_lag_seconds",
-            f"Worst event-loop wake-up delay over the last {snap.lag_window} ticks",
-            value=snap.lag_s,
+            f"Worst event-loop wake-up delay over the last {lag.samples.maxlen} ticks",
+            value=lag.worst_s,
         )
-    if snap.scrape_loop_s is not None:
+    if scrape_loop_s is not None:
         yield GaugeMetricFamily(
             "balloond_scrape_loop_seconds",
-            "How long the previous scrape held the event loop at once (the text is written "
-            "in a worker thread)",
-            value=snap.scrape_loop_s,
+            "How long the previous scrape held the event loop at once (it reads the guests "
+            "a few hundred at a time)",
+            value=scrape_loop_s,
         )
 
 
-class DaemonCollector:
-    """A prometheus_client collector reading the daemon (a :class:`DaemonPort`) when
-    collected: for tests and tools; the endpoint snapshots in steps instead."""
-
-    def __init__(self, daemon: DaemonPort, lag: LoopLag | None = None) -> None:
-        self.daemon = daemon
-        self.lag = lag
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # names vary with the guests; nothing to pre-register
-
-    def collect(self) -> Iterable[Metric]:
-        return families(take_snapshot(self.daemon, self.lag))
-
-
-class _SnapshotCollector:
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap = snap
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterable[Metric]:
-        return families(self.snap)
+        return self.families
 
 
-def render(snap: Snapshot) -> bytes:
-    """The exposition text of a snapshot, with the process's own metrics (in a thread)."""
+def _daemon_text(
+    d: DaemonPort, guests: GuestLines, lag: LoopLag | None, scrape_loop_s: float | None
+) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(snap))
+    registry.register(_Families(list(daemon_families(d, guests, lag, scrape_loop_s))))
     ProcessCollector(registry=registry)
     return generate_latest(registry)
 
 
-def make_registry(daemon: DaemonPort, lag: LoopLag | None = None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(DaemonCollector(daemon, lag))
-    ProcessCollector(registry=registry)
-    return registry
+def scrape_now(d: DaemonPort, lag: LoopLag | None = None) -> bytes:
+    """The whole exposition text in one go (for a few guests, and for tests)."""
+    guests = GuestLines(time.time())
+    for name, guest in sorted(d.guests.items()):
+        guests.add(name, guest.reading())
+    return guests.text().encode() + _daemon_text(d, guests, lag, None)
+
+
+async def scrape(
+    d: DaemonPort,
+    lag: LoopLag | None = None,
+    scrape_loop_s: float | None = None,
+    *,
+    chunk: int = SNAPSHOT_CHUNK,
+) -> tuple[bytes, float]:
+    """The exposition text, written ``chunk`` guests at a time with a turn of the event
+    loop in between, so that no guest's poll waits for the whole fleet; and the longest
+    the loop was held at once (seconds)."""
+    clock = time.perf_counter
+    guests = GuestLines(time.time())
+    names = sorted(d.guests)
+    held = 0.0
+    for at in range(0, len(names), chunk):
+        if at:
+            await asyncio.sleep(0)
+        started = clock()
+        live = d.guests
+        for name in names[at : at + chunk]:
+            guest = live.get(name)
+            if guest is not None:  # it may have gone while we wrote others
+                guests.add(name, guest.reading())
+        held = max(held, clock() - started)
+    await asyncio.sleep(0)
+    started = clock()
+    body = guests.text().encode() + _daemon_text(d, guests, lag, scrape_loop_s)
+    return body, max(held, clock() - started)
 
 
 class MetricsAdapter:
@@ -360,8 +326,6 @@ class MetricsAdapter:
         self.daemon = daemon
         self.lag = LoopLag()
         self._clients: set[asyncio.Task[Any]] = set()
-        #: Writes the text of each scrape off the event loop (one at a time).
-        self._render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="balloond-metrics")
         #: How long the last scrape held the event loop at once (seconds).
         self.scrape_loop_s: float | None = None
         #: The bound (host, port), once listening (port 0 asks the kernel for one).
@@ -386,7 +350,6 @@ class MetricsAdapter:
                 task.cancel()
             await asyncio.gather(ticker, *self._clients, return_exceptions=True)
             await server.wait_closed()
-            self._render.shutdown(wait=False, cancel_futures=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -429,9 +392,7 @@ class MetricsAdapter:
             return "405 Method Not Allowed", text, b"GET only\n", False
         head_only = method == b"HEAD"
         if target == b"/metrics":
-            snap, held = await take_snapshot_async(self.daemon, self.lag, self.scrape_loop_s)
-            self.scrape_loop_s = held
-            body = await asyncio.get_running_loop().run_in_executor(self._render, render, snap)
+            body, self.scrape_loop_s = await scrape(self.daemon, self.lag, self.scrape_loop_s)
             return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, body, head_only
         if target == b"/":
             return "200 OK", text, b"balloond: metrics at /metrics\n", head_only
