@@ -37,7 +37,7 @@ log = logging.getLogger("balloond.adapters.metrics")
 
 DEFAULT_ADDRESS = "127.0.0.1:9847"
 #: Guests read per turn of the event loop while a scrape takes its snapshot.
-SNAPSHOT_CHUNK = 250
+SNAPSHOT_CHUNK = 100
 #: How often the loop-lag ticker wakes, and over how many ticks the worst lag is kept.
 LAG_TICK_S = 0.5
 LAG_WINDOW = 20

@@ -46,7 +46,7 @@ from balloond.core.errors import (
 )
 from balloond.core.link import LinkEvent, LinkState
 from balloond.core.stats import BalloonStats
-from balloond.runtime.aio import backoff_s, sleep_unless
+from balloond.runtime.aio import Deadline, backoff_s, sleep_unless
 
 __all__ = ["NO_SESSION", "QmpLink", "SharedQmpLink", "silence_qmp_library_logs"]
 
@@ -129,6 +129,8 @@ class QmpLink:
         self.on_event = on_event
         self._state = LinkState.IDLE
         self._client: _Client | None = None
+        #: The loop the link connected in (its calls' deadlines run on it).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._balloon_path: str | None = None
         self._boot_bytes: int | None = None
         #: The balloon device's properties, read at each connect (None: unknown).
@@ -199,6 +201,7 @@ class QmpLink:
         if self._state is LinkState.CLOSED:
             raise DisconnectedError(f"{self.name}: link is closed")
         await self._drop_client()
+        self._loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING, str(self.socket_path))
         client = _Client(self.name, self._on_event)
         self._client = client
@@ -331,11 +334,11 @@ class QmpLink:
 
     async def _run(self, what: str, timeout_s: float, op: Callable[[_Client], Awaitable[T]]) -> T:
         """Run ``op`` on the live client under ``timeout_s``, keeping the state true."""
-        client = self._client
-        if client is None or not self._state.connected:
+        client, loop = self._client, self._loop
+        if client is None or loop is None or not self._state.connected:
             raise DisconnectedError(f"{self.name}: {what}: not connected ({self._state.value})")
         try:
-            async with asyncio.timeout(timeout_s):
+            async with Deadline(loop, timeout_s):
                 result = await op(client)
         except TimeoutError:
             self.timeouts_total += 1

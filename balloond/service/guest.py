@@ -49,6 +49,11 @@ from balloond.core.units import fmt_size
 NO_DEVICE_RECHECK_S = 30.0
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Mode(enum.Enum):
     """Who decides this guest's target."""
 
@@ -123,7 +128,11 @@ class GuestController:
         self.last_action: dict[str, Any] | None = None
         self.decisions = Counter[str]()
         self._policy: ResolvedPolicy | None = None
-        self._wake = asyncio.Event()
+        #: A wake-up asked for (a command, an event): the next sleep ends at once.
+        self._woken = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: What the loop waits on while it sleeps (None while it is not sleeping).
+        self._waiter: asyncio.Future[None] | None = None
         #: Samples taken since the controller started (one per cycle that read the guest).
         self.polls = 0
         self._stop_event = asyncio.Event()
@@ -150,13 +159,16 @@ class GuestController:
     # --- intent, from commands and the supervisor -----------------------------------------
     def wake(self) -> None:
         """Make the loop run a cycle now instead of at the next interval."""
-        self._wake.set()
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def stop(self) -> None:
         """Ask the loop to finish its current step and return (also ends a connect that
         is still retrying)."""
         self._stop_event.set()
-        self._wake.set()
+        self.wake()
 
     @property
     def stopped(self) -> bool:
@@ -394,18 +406,21 @@ class GuestController:
         return self._stop_event.is_set()
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep until ``seconds`` pass or :meth:`wake` (a timer that sets the wake-up
-        event: cheaper than a timeout context, and this runs once per guest per poll)."""
-        if seconds <= 0 or self._done():
-            return
-        wake = self._wake
-        if not wake.is_set():
-            handle = asyncio.get_running_loop().call_later(seconds, wake.set)
+        """Sleep until ``seconds`` pass or :meth:`wake`. This runs once per guest per poll:
+        a bare future and a timer on the loop the controller runs in (an Event and a
+        timeout context would each ask for the running loop, a system call on 3.11)."""
+        if seconds > 0 and not self._woken and not self._done():
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            handle = loop.call_later(seconds, _resolve, waiter)
             try:
-                await wake.wait()
+                await waiter
             finally:
                 handle.cancel()
-        wake.clear()
+                self._waiter = None
+        self._woken = False
 
     async def _guard(self, step: Any) -> None:
         """Run one step; link trouble is the link's state, not the loop's end."""
