@@ -4,8 +4,9 @@ daemon's QMP traffic, in a process of their own.
 ``python -m benchmarks.scale_floor DIR MODE COMMANDS_PER_S QUERIES_PER_S`` connects to every
 ``DIR/*.sock`` (the simulated fleet) and, per guest, on a one-second grid at a phase of its
 own, reads ``guest-stats``; across the fleet it also sends ``query-balloon`` and
-``balloon`` at the rates given (the daemon's, measured on the same fleet just before), to
-random guests. MODE:
+``balloon`` (to a size that moves the balloon, so QEMU's events come back as they do to the
+daemon) at the rates given (the daemon's, measured on the same fleet just before), to random
+guests. MODE:
 
 * ``qmp``: qemu.qmp's ``QMPClient``, trimmed as the daemon trims it (events handed
   straight to a no-op instead of the growing default listener; no pretty-printed DEBUG
@@ -35,7 +36,10 @@ from qemu.qmp import QMPClient
 from qemu.qmp.message import Message
 
 STATS_ARGS = {"path": "/machine/peripheral/balloon0", "property": "guest-stats"}
-BALLOON_VALUE = 1 << 30  # every simulated guest's RAM: a target that changes nothing
+#: Balloon targets the floor picks from: between half and all of a simulated guest's 1 GiB,
+#: so that its commands move balloons as the daemon's do (and QEMU's BALLOON_CHANGE events
+#: come back, as they do to the daemon).
+BALLOON_VALUES = tuple(m << 20 for m in range(512, 1025, 64))
 
 
 class _Trimmed(QMPClient):
@@ -100,7 +104,7 @@ class Floor:
             if rng.random() < self.p_query:
                 await call("query-balloon", None)
             if rng.random() < self.p_command:
-                await call("balloon", {"value": BALLOON_VALUE})
+                await call("balloon", {"value": rng.choice(BALLOON_VALUES)})
 
 
 async def run(sockets: list[Path], mode: str, commands_per_s: float, queries_per_s: float) -> None:
