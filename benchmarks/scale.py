@@ -160,6 +160,8 @@ class Result:
     floor_qmp_polls: float | None = None
     floor_raw_pct: float | None = None
     floor_raw_polls: float | None = None
+    #: The qemu.qmp floor client's RSS: what its connections cost, without the daemon.
+    floor_qmp_rss_mib: float | None = None
     #: How long the last /metrics scrape held the daemon's event loop.
     scrape_loop_ms: float | None = None
 
@@ -386,6 +388,7 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                 floor_qmp_polls=floors["qmp"][1],
                 floor_raw_pct=floors["raw"][0],
                 floor_raw_polls=floors["raw"][1],
+                floor_qmp_rss_mib=floors["qmp"][2],
             )
         finally:
             if daemon is not None and daemon.poll() is None:
@@ -403,9 +406,10 @@ def run_floor(
     window_s: float,
     cores: set[int] | None,
     log: IO[str],
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """A floor client (:mod:`benchmarks.scale_floor`) on the same fleet, sending the
-    daemon's rate of query-balloon and balloon commands: (CPU % of a core, polls/guest/s)."""
+    daemon's rate of query-balloon and balloon commands: (CPU % of a core, polls/guest/s,
+    RSS MiB)."""
     argv = [sys.executable, "-m", "benchmarks.scale_floor", str(sockets), mode]
     rates = [f"{result.commands_per_s:.3f}", f"{result.queries_per_s:.3f}"]
     client = FleetProcess.__new__(FleetProcess)
@@ -425,10 +429,10 @@ def run_floor(
         cpu0, t0 = proc.cpu_s(), time.monotonic()
         time.sleep(window_s)
         cpu1, t1 = proc.cpu_s(), time.monotonic()
+        rss = proc.status_mib("VmRSS")
         report = client.ask("report")
-        return 100 * (cpu1 - cpu0) / (t1 - t0), report["polls"] / report["window_s"] / (
-            result.run.guests
-        )
+        polls = report["polls"] / report["window_s"] / result.run.guests
+        return 100 * (cpu1 - cpu0) / (t1 - t0), polls, rss
     finally:
         client.close()
         fleet.ask("status")  # the fleet still answers
@@ -660,7 +664,7 @@ def floor_table(results: Sequence[Result]) -> str:
     head = (
         "| guests | raw streams, % of a core | qemu.qmp floor, % | daemon, % | daemon / floor"
         " | polls/guest/s raw / floor / daemon | daemon stats→command p50 / p99 ms"
-        " | loop lag ms | scrape held the loop ms | RSS MiB |\n"
+        " | loop lag ms | scrape held the loop ms | RSS MiB daemon (qemu.qmp floor) |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     body = "".join(
@@ -668,7 +672,8 @@ def floor_table(results: Sequence[Result]) -> str:
         f"| {r.cpu_pct:.1f} | {opt(r.ratio, '.2f')} "
         f"| {opt(r.floor_raw_polls, '.2f')} / {opt(r.floor_qmp_polls, '.2f')} / "
         f"{r.polls_per_guest_s:.2f} | {opt(r.p50_ms, '.1f')} / {opt(r.p99_ms, '.1f')} "
-        f"| {opt(r.loop_lag_ms, '.0f')} | {opt(r.scrape_loop_ms, '.1f')} | {r.rss_mib:.0f} |\n"
+        f"| {opt(r.loop_lag_ms, '.0f')} | {opt(r.scrape_loop_ms, '.1f')} "
+        f"| {r.rss_mib:.0f} ({opt(r.floor_qmp_rss_mib, '.0f')}) |\n"
         for r in rows
     )
     return head + body

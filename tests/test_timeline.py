@@ -69,3 +69,39 @@ def test_a_plot_marks_the_deflate(tmp_path: Path) -> None:
     summary = draw(reply, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "1 deflate (oom-risk)" in summary
+
+
+def test_changes_are_a_bounded_ring_oldest_first() -> None:
+    from balloond.core.timeline import MAX_CHANGES, Timeline
+
+    tl = Timeline(span_s=60, interval_s=10)
+    for i in range(MAX_CHANGES + 44):
+        tl.change(
+            float(i),
+            old_bytes=(1 << 30) + i,
+            new_bytes=(1 << 29) + i,
+            reason="idle" if i % 2 else "pressure",
+            actor="engine" if i % 3 else "guest",
+        )
+    kept = tl.changes()
+    assert len(kept) == MAX_CHANGES
+    assert [c.t_wall for c in kept] == [float(i) for i in range(44, MAX_CHANGES + 44)]
+    last = kept[-1]
+    i = MAX_CHANGES + 43
+    assert (last.old_bytes, last.new_bytes) == ((1 << 30) + i, (1 << 29) + i)
+    assert (last.reason, last.actor) == (
+        "idle" if i % 2 else "pressure",
+        "engine" if i % 3 else "guest",
+    )
+    assert [c.t_wall for c in tl.changes(since_wall=290.0)] == [
+        290.0,
+        291.0,
+        292.0,
+        293.0,
+        294.0,
+        295.0,
+        296.0,
+        297.0,
+        298.0,
+        299.0,
+    ]

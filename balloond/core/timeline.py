@@ -4,8 +4,10 @@ A point every ``interval_s`` (the guest's size, balloond's target, its available
 memory), for ``span_s``, in fixed arrays: a ring of ``span_s / interval_s`` slots of one
 float (the wall-clock time) and four 32-bit MiB counts, 24 bytes a slot. With the defaults
 (one hour, a point every 10 s) that is 360 slots, about 9 KiB per guest whatever happens.
-Balloon changes are kept beside it (time, old and new size, reason, who), the newest
-:data:`MAX_CHANGES`.
+Balloon changes are kept beside it (time, old and new size, reason and who), the newest
+:data:`MAX_CHANGES`, in arrays too (26 bytes a change, grown as changes come): a busy guest
+changes all the time, and objects per change would make a daemon of thousands of guests
+grow by tens of MiB over its first hours.
 
 Pure: times come in with the calls.
 """
@@ -13,7 +15,6 @@ Pure: times come in with the calls.
 from __future__ import annotations
 
 from array import array
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,12 +44,30 @@ class Change:
         }
 
 
+#: (reason, actor) pairs seen, by index: a change keeps the index (two bytes).
+_KINDS: list[tuple[str, str]] = []
+_KIND_INDEX: dict[tuple[str, str], int] = {}
+
+
+def _kind(reason: str, actor: str) -> int:
+    key = (reason, actor)
+    index = _KIND_INDEX.get(key)
+    if index is None:
+        index = _KIND_INDEX[key] = len(_KINDS)
+        _KINDS.append(key)
+    return index
+
+
 class Timeline:
-    """A fixed-size ring of points and a bounded list of changes (see the module docstring)."""
+    """A fixed-size ring of points and a bounded ring of changes (see the module docstring)."""
 
     __slots__ = (
         "_available",
-        "_changes",
+        "_ch_kind",
+        "_ch_new",
+        "_ch_next",
+        "_ch_old",
+        "_ch_t",
         "_count",
         "_next",
         "_size",
@@ -72,7 +91,11 @@ class Timeline:
         self._used = array("i", bytes(4 * slots))
         self._next = 0  # the slot the next point goes to
         self._count = 0
-        self._changes: deque[Change] = deque(maxlen=MAX_CHANGES)
+        self._ch_t = array("d")
+        self._ch_old = array("q")
+        self._ch_new = array("q")
+        self._ch_kind = array("H")
+        self._ch_next = 0  # once MAX_CHANGES are kept: the oldest, overwritten next
 
     def __len__(self) -> int:
         return self._count
@@ -109,7 +132,17 @@ class Timeline:
     def change(
         self, t_wall: float, *, old_bytes: int, new_bytes: int, reason: str, actor: str
     ) -> None:
-        self._changes.append(Change(t_wall, old_bytes, new_bytes, reason, actor))
+        kind = _kind(reason, actor)
+        if len(self._ch_t) < MAX_CHANGES:
+            self._ch_t.append(t_wall)
+            self._ch_old.append(old_bytes)
+            self._ch_new.append(new_bytes)
+            self._ch_kind.append(kind)
+            return
+        i = self._ch_next
+        self._ch_t[i], self._ch_old[i], self._ch_new[i] = t_wall, old_bytes, new_bytes
+        self._ch_kind[i] = kind
+        self._ch_next = (i + 1) % MAX_CHANGES
 
     def points(self, *, since_wall: float = 0.0) -> list[dict[str, Any]]:
         """The kept points from ``since_wall`` on, oldest first (sizes in bytes, None for
@@ -133,7 +166,16 @@ class Timeline:
         return out
 
     def changes(self, *, since_wall: float = 0.0) -> list[Change]:
-        return [c for c in self._changes if c.t_wall >= since_wall]
+        """The kept changes from ``since_wall`` on, oldest first."""
+        n = len(self._ch_t)
+        out = []
+        for k in range(n):
+            i = (self._ch_next + k) % n
+            t = self._ch_t[i]
+            if t >= since_wall:
+                reason, actor = _KINDS[self._ch_kind[i]]
+                out.append(Change(t, self._ch_old[i], self._ch_new[i], reason, actor))
+        return out
 
 
 def _bytes(mib: int) -> int | None:

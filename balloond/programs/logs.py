@@ -85,6 +85,11 @@ def setup_logging(fmt: LogFormat = "auto", *, level: int = logging.INFO) -> None
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
         )
+    # No format here names the process or thread: do not look them up for every record
+    # (on 3.11 the process id is a system call each time, and a busy daemon logs a lot).
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
