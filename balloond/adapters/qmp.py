@@ -146,8 +146,9 @@ class QmpLink:
         self._state_before_hang = LinkState.PROBING
         #: Whether the guest has block devices to count reads on; None: not asked yet.
         self._has_disks: bool | None = None
-        self._events: asyncio.Queue[LinkEvent | None] = asyncio.Queue(EVENT_QUEUE_LEN)
-        self.state_changed = asyncio.Event()
+        #: Events for :meth:`events`, made only for a link without a callback (a queue is
+        #: a few KiB, and the daemon's links have a callback).
+        self._event_queue: asyncio.Queue[LinkEvent | None] | None = None
         #: Counters for metrics: QMP errors of any kind, and timeouts.
         self.errors_total = 0
         self.timeouts_total = 0
@@ -184,8 +185,6 @@ class QmpLink:
             self._state_before_hang = old
         level = logging.WARNING if new in _TROUBLE else logging.INFO
         self.log.log(level, "link %s -> %s%s", old.value, new.value, f": {why}" if why else "")
-        self.state_changed.set()
-        self.state_changed = asyncio.Event()  # waiters of the old event were woken
 
     # --- connection ----------------------------------------------------------------------
     def session(self, *, timeout_s: float) -> contextlib.AbstractAsyncContextManager[None]:
@@ -258,8 +257,7 @@ class QmpLink:
         """Disconnect and stop; the link cannot be used again."""
         await self._drop_client()
         self._set_state(LinkState.CLOSED)
-        with contextlib.suppress(asyncio.QueueFull):
-            self._events.put_nowait(None)
+        self._end_events()
 
     async def _drop_client(self) -> None:
         self._actual_bytes = None  # a new connection may lead to a new QEMU
@@ -348,8 +346,7 @@ class QmpLink:
         except DisconnectedError:
             await self._drop_client()
             self._set_state(LinkState.DISCONNECTED, f"lost during {what}")
-            with contextlib.suppress(asyncio.QueueFull):
-                self._events.put_nowait(None)
+            self._end_events()
             raise
         if self._state is LinkState.HUNG:
             self._set_state(self._state_before_hang, f"{what} answered again")
@@ -512,9 +509,22 @@ class QmpLink:
             # EVENT_QUEUE_LEN events for every guest (tens of MiB at thousands of guests).
             self.on_event(event)
             return
-        if self._events.full():
-            self._events.get_nowait()
-        self._events.put_nowait(event)
+        queue = self._events
+        if queue.full():
+            queue.get_nowait()
+        queue.put_nowait(event)
+
+    @property
+    def _events(self) -> asyncio.Queue[LinkEvent | None]:
+        if self._event_queue is None:
+            self._event_queue = asyncio.Queue(EVENT_QUEUE_LEN)
+        return self._event_queue
+
+    def _end_events(self) -> None:
+        """Tell a reader of :meth:`events` that the stream ended (if there is one)."""
+        if self._event_queue is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._event_queue.put_nowait(None)
 
     def pending_events(self) -> list[LinkEvent]:
         """Take the events received so far without waiting."""
