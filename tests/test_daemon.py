@@ -269,6 +269,16 @@ async def _audit(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+async def _audited(tmp_path: Path, reason: str) -> list[dict[str, Any]]:
+    """The audit records with ``reason``, once there is one (records reach the file from
+    the daemon's I/O thread a moment after the change)."""
+    deadline = time.monotonic() + WAIT_S
+    while not (found := [r for r in await _audit(tmp_path) if r["reason"] == reason]):
+        assert time.monotonic() < deadline, f"no {reason!r} record in the audit log"
+        await asyncio.sleep(0.1)
+    return found
+
+
 @pytest.mark.lab
 async def test_a_hot_plugged_balloon_device_is_polled_and_managed(
     make_guest: GuestFactory, tmp_path: Path
