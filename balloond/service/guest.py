@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import random
 import time
 from collections import Counter, deque
@@ -44,6 +45,11 @@ from balloond.core.stats import GuestSample
 from balloond.core.timeline import Timeline
 from balloond.core.units import fmt_size
 
+#: How long after a guest's stats report is due the controller polls it (QEMU asks the
+#: guest on its timer; the guest answers within milliseconds unless very busy).
+REPORT_SLACK_S = 0.15
+#: The least time between two restarts of a guest's report timer.
+RESYNC_MIN_S = 5.0
 #: How long a guest without a balloon device waits before the link looks again
 #: (a device can be hot-plugged).
 NO_DEVICE_RECHECK_S = 30.0
@@ -135,6 +141,15 @@ class GuestController:
         self._waiter: asyncio.Future[None] | None = None
         #: Samples taken since the controller started (one per cycle that read the guest).
         self.polls = 0
+        #: When QEMU's next stats report is due (monotonic seconds), once stats are on.
+        self._report_s: float | None = None
+        #: Stats were (re-)enabled: the poll grid follows the new report timer.
+        self._regrid = False
+        #: A poll on the grid found no new report: re-enable stats at the next cycle.
+        self._resync = False
+        self._on_grid = False
+        self._last_update_seen = 0
+        self._resynced_s = -math.inf
         self._stop_event = asyncio.Event()
         #: The stats polling interval applied since the last connect; None: not yet.
         self._stats_interval_s: int | None = None
@@ -330,10 +345,13 @@ class GuestController:
                 if not self.link.state.connected:
                     if not await self._connect():
                         break
-                    # Guests connected together (start-up, a QEMU restart) would poll in
-                    # step, and the daemon and every QEMU would get their work in bursts:
-                    # after its first cycle, each guest keeps a phase of its own.
+                    # Each guest keeps a phase of its own: just after its reports when
+                    # they come once a poll (see _aligned), else at random, so that guests
+                    # connected together (start-up, a QEMU restart) do not poll in step.
                     due_s = self._clock() + random.uniform(0, self.timing.poll_interval_s)
+                    if self._report_s is not None and self._aligned():
+                        due_s = self._report_s + REPORT_SLACK_S
+                        self._regrid = False
                 if self.link.state is LinkState.NO_DEVICE:
                     # A device can be hot-plugged: look again, through a fresh connect so
                     # that a device found then gets the same set-up as at start.
@@ -342,8 +360,15 @@ class GuestController:
                         break
                     continue
                 started_s = self._clock()
-                await self._guard(self._session_cycle())
                 interval_s = self.timing.poll_interval_s
+                self._on_grid = started_s > due_s - interval_s / 2
+                await self._guard(self._session_cycle())
+                if self._regrid and self._report_s is not None:
+                    # Stats were just re-enabled: QEMU's next report comes an interval on.
+                    self._regrid = False
+                    due_s = self._report_s + REPORT_SLACK_S
+                    await self._sleep(due_s - self._clock())
+                    continue
                 # A cycle less than half an interval early counts as the due one (timers
                 # fire a little early, and an event wake-up that close is as good). Then
                 # keep to the guest's grid: sleeping a whole interval after a late start
@@ -370,6 +395,8 @@ class GuestController:
             return False
         self.books.connected(self._clock())
         self._policy = None
+        self._report_s = None
+        self._last_update_seen = 0
         self._stats_interval_s = None
         if self.link.state is LinkState.NO_DEVICE:
             if not self._no_device_logged:
@@ -390,6 +417,12 @@ class GuestController:
                 "(-device virtio-balloon-pci,...,deflate-on-oom=on)"
             )
             self._no_deflate_on_oom_logged = True
+        if self._aligned():
+            # Spread guests that connect together: QEMU's report timer starts when stats
+            # are enabled, and the polls follow it.
+            await self._sleep(random.uniform(0, self.timing.poll_interval_s))
+            if self._done():
+                return False
         await self._guard(self._in_session(self._enable_stats))
         return True
 
@@ -397,10 +430,27 @@ class GuestController:
         """QEMU's stats polling interval: whole seconds, at least 1."""
         return max(1, round(self.timing.poll_interval_s))
 
+    def _aligned(self) -> bool:
+        """Whether polls follow the guest's reports: when both come once an interval.
+
+        QEMU asks the guest for stats on a timer it (re)starts when the polling interval is
+        set, and again an interval after each report; a poll at a random phase would read
+        a report up to a whole interval old. So the controller polls
+        :data:`REPORT_SLACK_S` after each report is due, and when a poll on that grid finds
+        no new report (the guest took longer to answer, and its timer drifted), sets the
+        interval again, which restarts QEMU's timer on a known phase. A surge is then met
+        with stats a fraction of a second old, not up to a second."""
+        interval = self.timing.poll_interval_s
+        return interval >= 1 and interval == self._wanted_stats_interval_s()
+
     async def _enable_stats(self) -> None:
         interval = self._wanted_stats_interval_s()
         await self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
         self._stats_interval_s = interval
+        # QEMU's timer restarts now: whether it fires at once (a new timer) or an interval
+        # on (a running one), a report is certain an interval on.
+        self._report_s = self._clock() + interval
+        self._regrid = True
 
     def _done(self) -> bool:
         return self._stop_event.is_set()
@@ -441,7 +491,8 @@ class GuestController:
         """One cycle in the link's session (a connection held just for it, where the
         transport is shared with other clients)."""
         async with self.link.session(timeout_s=self.timing.connect_timeout_s):
-            if self._stats_interval_s != self._wanted_stats_interval_s():
+            if self._stats_interval_s != self._wanted_stats_interval_s() or self._resync:
+                self._resync = False
                 await self._guard(self._enable_stats())
             await self._guard(self._cycle())
 
@@ -456,6 +507,19 @@ class GuestController:
         )
         move = self.books.record(sample)
         self.polls += 1
+        if stats.valid:
+            if (
+                stats.last_update == self._last_update_seen
+                and self._on_grid
+                and self._aligned()
+                and self.link.state is LinkState.ACTIVE
+                and now - self._resynced_s > RESYNC_MIN_S
+            ):
+                # Polled before the report: restart QEMU's timer (not over and over for a
+                # guest that stopped answering: that one is stale, and says so).
+                self._resync = True
+                self._resynced_s = now
+            self._last_update_seen = stats.last_update
         available = stats.available_bytes if stats.valid else None
         self.timeline.add(
             self._wall(),
