@@ -155,3 +155,33 @@ async def test_sigstop_calls_time_out_and_sigcont_recovers(lab_guest: LabGuest) 
         assert link.state is LinkState.PROBING
     finally:
         await link.close()
+
+
+async def test_restarting_the_stats_timer_keeps_reports_coming(lab_guest: LabGuest) -> None:
+    """QEMU ignores a set to the interval it has; a restart goes through 0, so the timer
+    starts afresh (the guest reports at once) and reports keep coming every interval."""
+    link = await _connected(lab_guest)
+    try:
+        await link.enable_stats(1, timeout_s=TIMEOUT_S)
+
+        async def reported() -> int | None:
+            stats = await link.read_stats(timeout_s=TIMEOUT_S)
+            return stats.last_update if stats.valid else None
+
+        first = await _until(reported, deadline_s=WAIT_S)
+        assert first is not None, "no valid stats"
+        await link.enable_stats(1, timeout_s=TIMEOUT_S, restart=True)
+        interval = await link.execute(
+            "qom-get",
+            {"path": "/machine/peripheral/balloon0", "property": "guest-stats-polling-interval"},
+            timeout_s=TIMEOUT_S,
+        )
+        assert interval == 1
+
+        async def later() -> int | None:
+            update = await reported()
+            return update if update is not None and update >= first + 2 else None
+
+        assert await _until(later, deadline_s=WAIT_S), "reports stopped after the restart"
+    finally:
+        await link.close()

@@ -589,15 +589,20 @@ class LibvirtLink:
         if not self._has_balloon:
             raise NoBalloonError(f"{self.name}: no memballoon", error_class="DeviceNotActive")
 
-    async def enable_stats(self, interval_s: int, *, timeout_s: float) -> None:
+    async def enable_stats(
+        self, interval_s: int, *, timeout_s: float, restart: bool = False
+    ) -> None:
         if interval_s < 1:
             raise ValueError(f"stats polling interval must be >= 1 s, not {interval_s}")
         self._require_balloon()
-        await self._run(
-            "set stats period",
-            timeout_s,
-            lambda d: d.setMemoryStatsPeriod(interval_s, libvirt.VIR_DOMAIN_AFFECT_LIVE),
-        )
+        live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+
+        def apply(dom: libvirt.virDomain) -> None:
+            if restart:  # QEMU ignores a set to the period it already has
+                dom.setMemoryStatsPeriod(0, live)
+            dom.setMemoryStatsPeriod(interval_s, live)
+
+        await self._run("set stats period", timeout_s, apply)
         self._stats_enabled_at = self._clock()
 
     async def read_stats(self, *, timeout_s: float) -> BalloonStats:

@@ -364,26 +364,33 @@ class QmpLink:
             raise NoBalloonError(reason, error_class="DeviceNotActive")
         return self._balloon_path
 
-    async def enable_stats(self, interval_s: int, *, timeout_s: float) -> None:
+    async def enable_stats(
+        self, interval_s: int, *, timeout_s: float, restart: bool = False
+    ) -> None:
         """Ask QEMU to poll the guest's stats every ``interval_s`` whole seconds (>= 1).
 
         The interval is remembered and applied again after every reconnect, so a QEMU
-        restarted on the same socket gets it too.
+        restarted on the same socket gets it too. ``restart``: stop QEMU's timer first, so
+        that the new one asks the guest at once and then every interval from now (QEMU
+        ignores a set to the interval it already has).
         """
         if interval_s < 1:
             raise ValueError(f"stats polling interval must be >= 1 s, not {interval_s}")
         self._stats_interval_s = interval_s
         await self._run(
-            "enable stats", timeout_s, lambda c: self._apply_stats_interval(c, interval_s)
+            "enable stats",
+            timeout_s,
+            lambda c: self._apply_stats_interval(c, interval_s, restart=restart),
         )
 
-    async def _apply_stats_interval(self, client: _Client, interval_s: int) -> None:
+    async def _apply_stats_interval(
+        self, client: _Client, interval_s: int, *, restart: bool = False
+    ) -> None:
         path = self._require_balloon()
-        await self._call(
-            client,
-            "qom-set",
-            {"path": path, "property": "guest-stats-polling-interval", "value": interval_s},
-        )
+        prop = "guest-stats-polling-interval"
+        if restart:
+            await self._call(client, "qom-set", {"path": path, "property": prop, "value": 0})
+        await self._call(client, "qom-set", {"path": path, "property": prop, "value": interval_s})
         self._stats_enabled_at = self._clock()
 
     async def read_stats(self, *, timeout_s: float) -> BalloonStats:

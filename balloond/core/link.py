@@ -106,8 +106,12 @@ class GuestLink(Protocol):
         (raising LinkError as a call would), and lets go after."""
         ...
 
-    async def enable_stats(self, interval_s: int, *, timeout_s: float) -> None:
-        """Ask the guest to report stats every ``interval_s`` (the probe for a driver)."""
+    async def enable_stats(
+        self, interval_s: int, *, timeout_s: float, restart: bool = False
+    ) -> None:
+        """Ask the guest to report stats every ``interval_s`` (the probe for a driver).
+        ``restart``: restart the VMM's report timer, so the guest reports at once and then
+        every interval from now (a known phase to poll on)."""
         ...
 
     async def read_stats(self, *, timeout_s: float) -> BalloonStats: ...

@@ -433,24 +433,26 @@ class GuestController:
     def _aligned(self) -> bool:
         """Whether polls follow the guest's reports: when both come once an interval.
 
-        QEMU asks the guest for stats on a timer it (re)starts when the polling interval is
-        set, and again an interval after each report; a poll at a random phase would read
-        a report up to a whole interval old. So the controller polls
-        :data:`REPORT_SLACK_S` after each report is due, and when a poll on that grid finds
-        no new report (the guest took longer to answer, and its timer drifted), sets the
-        interval again, which restarts QEMU's timer on a known phase. A surge is then met
-        with stats a fraction of a second old, not up to a second."""
+        QEMU asks the guest for stats on a timer, and again an interval after each answer;
+        a poll at a random phase would read a report up to a whole interval old. So the
+        controller restarts that timer when it enables stats (the interval set to 0 and
+        back: the guest reports at once), polls :data:`REPORT_SLACK_S` after each report is
+        due, and when a poll on that grid finds no new report (the guest took longer to
+        answer, and its timer drifted) restarts the timer again. A surge is then met with
+        stats a fraction of a second old, not up to a second."""
         interval = self.timing.poll_interval_s
         return interval >= 1 and interval == self._wanted_stats_interval_s()
 
     async def _enable_stats(self) -> None:
         interval = self._wanted_stats_interval_s()
-        await self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s)
+        aligned = self._aligned()
+        await self.link.enable_stats(interval, timeout_s=self.timing.qmp_timeout_s, restart=aligned)
         self._stats_interval_s = interval
-        # QEMU's timer restarts now: whether it fires at once (a new timer) or an interval
-        # on (a running one), a report is certain an interval on.
-        self._report_s = self._clock() + interval
-        self._regrid = True
+        if aligned:
+            # QEMU's timer starts afresh now: the guest reports at once, then an interval
+            # after each answer.
+            self._report_s = self._clock() + interval
+            self._regrid = True
 
     def _done(self) -> bool:
         return self._stop_event.is_set()
