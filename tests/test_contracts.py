@@ -54,6 +54,7 @@ def test_the_contracts_hold(tree: Path) -> None:
         ("adapters/metrics.py", "import balloond.service.daemon", "Layers import downward only"),
         ("service/guest.py", "import qemu.qmp", "Only the QMP adapter"),
         ("service/daemon.py", "import aiomqtt", "Only the MQTT adapter"),
+        ("service/guest.py", "import libvirt", "Only the libvirt adapter"),
         ("programs/balloonctl.py", "import balloond.runtime.config", "balloonctl starts light"),
         ("replay/engine.py", "import balloond.adapters.procfs", "The offline replay reaches"),
         ("programs/simulate.py", "import testkit.sim", "The product ships no test kit"),
