@@ -368,7 +368,7 @@ async def test_a_guest_gone_blind_gets_its_memory_back_until_stats_flow(
             status = ctrl.status()
             assert status["stats_stale_s"] is not None
             assert status["last_action"]["reason"] == "stats-lost"
-            record = [r for r in await _audit(tmp_path) if r["reason"] == "stats-lost"]
+            record = await _audited(tmp_path, "stats-lost")
             assert len(record) == 1
             assert "cannot see this guest run short" in record[0]["explanation"]
             # Still blind: nothing more is taken.

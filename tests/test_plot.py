@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -11,8 +12,8 @@ import pytest
 from daemon_helpers import WAIT_S, running, until
 
 from balloond.adapters.control_socket import ControlAdapter
-from balloond.core.policy import Reason
 from balloond.core.policy.decision import PRESSURE_REASONS
+from balloond.core.units import MiB
 from balloond.programs import balloonctl
 from balloond.runtime.config import parse_config
 from testkit.lab import LabGuest
@@ -48,14 +49,22 @@ async def test_plot_of_a_real_guest_marks_the_deflate_of_its_surge(
             ctrl = daemon.guests[guest.name]
             # Reclaimed first, then a surge the balloon has to answer: slow enough (25 MiB/s)
             # for a poll a second to meet it from the floor on any machine.
-            # (At the floor, not at the first of its inflates: a surge that meets an inflate
-            # under way is met with stats a second or two old, which this test is not about.)
+            # (Once the balloon has settled, not at the first of its inflates: a surge that
+            # meets an inflate under way is met with stats a second or two old, which this
+            # test is not about.)
             assert await until(lambda: any(c.reason == "idle" for c in ctrl.timeline.changes()))
-            assert await until(
-                lambda: (
-                    ctrl.last_decision is not None and ctrl.last_decision.reason is Reason.AT_FLOOR
+
+            def settled() -> bool:
+                changes, target = ctrl.timeline.changes(), ctrl.target_bytes
+                return (
+                    bool(changes)
+                    and time.time() - changes[-1].t_wall > 3  # no change for three polls
+                    and target is not None
+                    and bool(ctrl.history)
+                    and abs(ctrl.history[-1].actual_bytes - target) <= MiB
                 )
-            )
+
+            assert await until(settled)
             hog = await guest.start_memhog(mib=200, rate_mib_s=25)
             assert await hog.wait_allocated(timeout_s=WAIT_S)
 

@@ -182,14 +182,15 @@ class GuestLines:
             f"balloond_guest_surge_reserve_bytes{{{g}}} {fmt(r.surge_reserve_bytes or 0)}"
         )
 
+    def family_bytes(self, index: int) -> bytes:
+        """One family's part of the exposition text."""
+        name, kind, help_text = _GUEST_FAMILIES[index]
+        head = f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
+        lines = self.lines[index]
+        return (head + "\n".join(lines) + "\n" if lines else head).encode()
+
     def text(self) -> str:
-        out: list[str] = []
-        for (name, kind, help_text), lines in zip(_GUEST_FAMILIES, self.lines, strict=True):
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            if lines:
-                out.append("\n".join(lines))
-                out.append("\n")
-        return "".join(out)
+        return b"".join(self.family_bytes(i) for i in range(len(_GUEST_FAMILIES))).decode()
 
 
 def daemon_families(
@@ -310,10 +311,17 @@ async def scrape(
             if guest is not None:  # it may have gone while we wrote others
                 guests.add(name, guest.reading())
         held = max(held, clock() - started)
+    parts: list[bytes] = []
+    for index in range(len(_GUEST_FAMILIES)):  # a family (thousands of lines) per turn
+        await asyncio.sleep(0)
+        started = clock()
+        parts.append(guests.family_bytes(index))
+        held = max(held, clock() - started)
     await asyncio.sleep(0)
     started = clock()
-    body = guests.text().encode() + _daemon_text(d, guests, lag, scrape_loop_s)
-    return body, max(held, clock() - started)
+    parts.append(_daemon_text(d, guests, lag, scrape_loop_s))
+    held = max(held, clock() - started)
+    return b"".join(parts), held
 
 
 class MetricsAdapter:
