@@ -13,8 +13,9 @@ then measures over a window:
   answer to the guest-stats read that led to it until the command arrived (both stamped by
   the simulator, on one clock);
 * event-loop lag: the daemon's own ``balloond_event_loop_lag_seconds`` metric (its worst
-  wake-up delay over ten seconds), scraped once after the window, because a scrape holds
-  the daemon's loop while it formats every guest's series; how long it takes is reported;
+  wake-up delay over ten seconds), scraped once after the window; how long the scrape took
+  and how long it held the daemon's loop at once (``balloond_scrape_loop_seconds``) are
+  reported;
 * how much work it did: balloon commands per second and polls per guest per second (1.00 is
   every guest read once a second), and the simulator's own CPU and loop lag, which show
   whether the simulator kept up.
@@ -841,8 +842,8 @@ def main(
             "what the daemon costs on top of the QMP traffic it has to make (decisions, "
             "books, timeouts, audit records and log lines, its other tasks). **scrape held "
             "the loop**: the longest stretch a `/metrics` scrape kept the daemon's event loop "
-            "busy (its own `balloond_scrape_loop_seconds`; the text is written in a worker "
-            "thread).",
+            "busy (its own `balloond_scrape_loop_seconds`; a scrape writes a hundred guests, "
+            "or one family of series, per turn of the loop).",
             "",
             "Every run, each way of reaching guests:",
             "",
@@ -855,9 +856,9 @@ def main(
             "the decision, the audit record, the log line, a query-balloon when the balloon "
             "was moving, and any wait in either event loop.",
             "- **loop lag**: the daemon's `balloond_event_loop_lag_seconds` (its worst "
-            "wake-up delay over the last 10 s), scraped once, after the window. A scrape "
-            "holds the daemon's loop while it formats every guest's series: its time is the "
-            "next column, kept out of the window.",
+            "wake-up delay over the last 10 s), scraped once, after the window; the next "
+            "column is how long that scrape took from the client's side (the daemon's loop "
+            "turns between its steps).",
             "- **polls/guest/s**: guest-stats reads per guest per second (1.00: every guest "
             "read once a second, as configured). **other side**: the simulator's own CPU "
             "and loop lag (a simulator that keeps up answers within a few ms), or libvirtd's "
