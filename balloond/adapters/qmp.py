@@ -44,7 +44,7 @@ from balloond.core.errors import (
     NoBalloonError,
     QMPCommandError,
 )
-from balloond.core.link import LinkEvent, LinkState
+from balloond.core.link import LinkEvent, LinkState, driver_verdict
 from balloond.core.stats import BalloonStats
 from balloond.runtime.aio import Deadline, backoff_s, sleep_unless
 
@@ -410,22 +410,18 @@ class QmpLink:
         return stats
 
     def _judge_driver(self, stats: BalloonStats) -> None:
-        if stats.valid and stats.last_update != self._last_stats_update:
+        verdict = driver_verdict(
+            self._state,
+            stats,
+            reported_before=self._last_stats_update,
+            enabled_at=self._stats_enabled_at,
+            now_s=self._clock(),
+            grace_s=self.driver_grace_s,
+        )
+        if stats.valid:
             self._last_stats_update = stats.last_update
-            if self._state in (LinkState.PROBING, LinkState.NO_DRIVER):
-                self._set_state(LinkState.ACTIVE, "guest reports stats")
-            return
-        if (
-            self._state is LinkState.PROBING
-            and self._stats_enabled_at is not None
-            and self._clock() - self._stats_enabled_at > self.driver_grace_s
-            and not stats.valid
-        ):
-            self._set_state(
-                LinkState.NO_DRIVER,
-                f"no stats {self.driver_grace_s:g}s after polling was enabled "
-                "(virtio_balloon driver not loaded in the guest?)",
-            )
+        if verdict is not None:
+            self._set_state(*verdict)
 
     async def current_actual(self, *, timeout_s: float) -> int:
         """The guest's logical size now, without a QMP call when it cannot have changed.

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from balloond.core.stats import BalloonStats
 
-__all__ = ["GuestLink", "LinkEvent", "LinkState"]
+__all__ = ["GuestLink", "LinkEvent", "LinkState", "driver_verdict"]
 
 
 class LinkState(enum.Enum):
@@ -55,6 +55,37 @@ class LinkState(enum.Enum):
 _CONNECTED = frozenset(
     {LinkState.PROBING, LinkState.ACTIVE, LinkState.NO_DEVICE, LinkState.NO_DRIVER, LinkState.HUNG}
 )
+
+
+def driver_verdict(
+    state: LinkState,
+    stats: BalloonStats,
+    *,
+    reported_before: int,
+    enabled_at: float | None,
+    now_s: float,
+    grace_s: float,
+) -> tuple[LinkState, str] | None:
+    """What one stats read says of the guest's balloon driver, for any link: ACTIVE once
+    the guest reports afresh (``last_update`` other than ``reported_before``), NO_DRIVER
+    when a probing guest still has no valid stats ``grace_s`` after polling was enabled;
+    None when the link's state stays as it is."""
+    if stats.valid and stats.last_update != reported_before:
+        if state in (LinkState.PROBING, LinkState.NO_DRIVER):
+            return LinkState.ACTIVE, "guest reports stats"
+        return None
+    if (
+        state is LinkState.PROBING
+        and enabled_at is not None
+        and now_s - enabled_at > grace_s
+        and not stats.valid
+    ):
+        return (
+            LinkState.NO_DRIVER,
+            f"no stats {grace_s:g}s after polling was enabled "
+            "(virtio_balloon driver not loaded in the guest?)",
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
