@@ -155,11 +155,22 @@ async def test_a_change_balloond_did_not_make_is_respected(
     config = make_config(tmp_path, [guest])
     async with running(config) as daemon:
         ctrl = daemon.guests["ext"]
-        assert await until(
-            lambda: (
-                ctrl.target_bytes is not None and ctrl.history[-1].actual_bytes == ctrl.target_bytes
+
+        def settled() -> bool:
+            # Reclaimed and resting: the balloon reached the target and the engine wants no
+            # further step, so no command of balloond's own can land on top of the
+            # operator's below (an idle reclaim goes in steps; between two the balloon is
+            # at the target too).
+            decision = ctrl.last_decision
+            return (
+                ctrl.target_bytes is not None
+                and ctrl.history[-1].actual_bytes == ctrl.target_bytes
+                and decision is not None
+                and decision.target_bytes is None
+                and str(decision.reason) in ("at-floor", "in-band", "min-change")
             )
-        )
+
+        assert await until(settled)
         reclaimed_to = ctrl.target_bytes
         assert reclaimed_to is not None
         assert reclaimed_to < 512 * MiB
