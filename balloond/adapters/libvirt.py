@@ -55,7 +55,7 @@ from balloond.core.errors import (
     NoBalloonError,
     QMPCommandError,
 )
-from balloond.core.link import LinkEvent, LinkState, driver_verdict
+from balloond.core.link import NO_SESSION, LinkEvent, LinkState, driver_verdict
 from balloond.core.stats import BalloonStats
 from balloond.core.units import KiB, parse_size
 from balloond.runtime.aio import backoff_s, sleep_unless
@@ -455,7 +455,7 @@ class LibvirtLink:
         return self._boot_bytes
 
     def session(self, *, timeout_s: float) -> contextlib.AbstractAsyncContextManager[None]:
-        return contextlib.nullcontext()
+        return NO_SESSION
 
     def _set_state(self, new: LinkState, why: str = "") -> None:
         old = self._state

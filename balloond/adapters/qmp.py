@@ -44,7 +44,7 @@ from balloond.core.errors import (
     NoBalloonError,
     QMPCommandError,
 )
-from balloond.core.link import LinkEvent, LinkState, driver_verdict
+from balloond.core.link import NO_SESSION, LinkEvent, LinkState, driver_verdict
 from balloond.core.stats import BalloonStats
 from balloond.runtime.aio import Deadline, backoff_s, sleep_unless
 
@@ -132,6 +132,8 @@ class QmpLink:
         #: The loop the link connected in (its calls' deadlines run on it).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._balloon_path: str | None = None
+        #: The arguments of the guest-stats read (qom-get of the balloon's guest-stats).
+        self._stats_read: dict[str, object] | None = None
         self._boot_bytes: int | None = None
         #: The balloon device's properties, read at each connect (None: unknown).
         self.deflate_on_oom: bool | None = None
@@ -312,42 +314,86 @@ class QmpLink:
         return None
 
     # --- calls ---------------------------------------------------------------------------
+    def _translate(self, cmd: str, exc: Exception) -> LinkError | QMPCommandError | None:
+        """qemu.qmp's error for ``cmd`` as balloond's (counted); None for any other."""
+        if isinstance(exc, ExecuteError):
+            self.errors_total += 1
+            cls = str(exc.error_class)
+            text = f"{self.name}: {cmd}: {exc} ({cls})"
+            if cls == "DeviceNotActive":
+                return NoBalloonError(text, error_class=cls)
+            return QMPCommandError(text, error_class=cls)
+        if isinstance(exc, (ExecInterruptedError, QMPError, EOFError, OSError)):
+            self.errors_total += 1
+            return DisconnectedError(f"{self.name}: {cmd}: connection lost: {_describe(exc)}")
+        return None
+
     async def _call(
         self, client: _Client, cmd: str, args: Mapping[str, object] | None = None
     ) -> Any:
         """Execute one command on ``client``; translate qemu.qmp's errors."""
         try:
             return await client.execute(cmd, args)
-        except ExecuteError as exc:
-            self.errors_total += 1
-            cls = str(exc.error_class)
-            text = f"{self.name}: {cmd}: {exc} ({cls})"
-            if cls == "DeviceNotActive":
-                raise NoBalloonError(text, error_class=cls) from exc
-            raise QMPCommandError(text, error_class=cls) from exc
-        except (ExecInterruptedError, QMPError, EOFError, OSError) as exc:
-            self.errors_total += 1
-            reason = f"{self.name}: {cmd}: connection lost: {_describe(exc)}"
-            raise DisconnectedError(reason) from exc
+        except Exception as exc:
+            error = self._translate(cmd, exc)
+            if error is None:
+                raise
+            raise error from exc
 
-    async def _run(self, what: str, timeout_s: float, op: Callable[[_Client], Awaitable[T]]) -> T:
-        """Run ``op`` on the live client under ``timeout_s``, keeping the state true."""
+    def _live(self, what: str) -> tuple[_Client, asyncio.AbstractEventLoop]:
         client, loop = self._client, self._loop
         if client is None or loop is None or not self._state.connected:
             raise DisconnectedError(f"{self.name}: {what}: not connected ({self._state.value})")
+        return client, loop
+
+    def _hung(self, what: str, timeout_s: float) -> LinkTimeoutError:
+        self.timeouts_total += 1
+        self._set_state(LinkState.HUNG, f"{what} got no answer within {timeout_s:g}s")
+        return LinkTimeoutError(f"{self.name}: {what}: no answer within {timeout_s:g}s")
+
+    async def _lost(self, what: str) -> None:
+        await self._drop_client()
+        self._set_state(LinkState.DISCONNECTED, f"lost during {what}")
+        self._end_events()
+
+    async def _run(self, what: str, timeout_s: float, op: Callable[[_Client], Awaitable[T]]) -> T:
+        """Run ``op`` on the live client under ``timeout_s``, keeping the state true."""
+        client, loop = self._live(what)
         try:
             async with Deadline(loop, timeout_s):
                 result = await op(client)
         except TimeoutError:
-            self.timeouts_total += 1
-            self._set_state(LinkState.HUNG, f"{what} got no answer within {timeout_s:g}s")
-            reason = f"{self.name}: {what}: no answer within {timeout_s:g}s"
-            raise LinkTimeoutError(reason) from None
+            raise self._hung(what, timeout_s) from None
         except DisconnectedError:
-            await self._drop_client()
-            self._set_state(LinkState.DISCONNECTED, f"lost during {what}")
-            self._end_events()
+            await self._lost(what)
             raise
+        if self._state is LinkState.HUNG:
+            self._set_state(self._state_before_hang, f"{what} answered again")
+        return result
+
+    async def _exec(
+        self, what: str, cmd: str, args: Mapping[str, object] | None, timeout_s: float
+    ) -> Any:
+        """One command under ``timeout_s``: :meth:`_run` of a :meth:`_call` in one frame,
+        for the calls every poll makes."""
+        client, loop = self._live(what)
+        deadline = Deadline(loop, timeout_s)
+        deadline.arm()
+        try:
+            result = await client.execute(cmd, args)
+        except asyncio.CancelledError:
+            if deadline.disarm(asyncio.CancelledError):
+                raise self._hung(what, timeout_s) from None
+            raise
+        except Exception as exc:
+            deadline.disarm()
+            error = self._translate(cmd, exc)
+            if error is None:
+                raise
+            if isinstance(error, DisconnectedError):
+                await self._lost(what)
+            raise error from exc
+        deadline.disarm()
         if self._state is LinkState.HUNG:
             self._set_state(self._state_before_hang, f"{what} answered again")
         return result
@@ -356,7 +402,15 @@ class QmpLink:
         self, cmd: str, args: Mapping[str, object] | None = None, *, timeout_s: float
     ) -> Any:
         """Run any QMP command (for tools and tests); the typed methods are preferred."""
-        return await self._run(cmd, timeout_s, lambda c: self._call(c, cmd, args))
+        return await self._exec(cmd, cmd, args, timeout_s)
+
+    def _stats_args(self) -> Mapping[str, object]:
+        """The guest-stats read's arguments, made once per balloon path."""
+        path = self._require_balloon()
+        args = self._stats_read
+        if args is None or args["path"] != path:
+            args = self._stats_read = {"path": path, "property": "guest-stats"}
+        return args
 
     def _require_balloon(self) -> str:
         if self._balloon_path is None:
@@ -395,12 +449,7 @@ class QmpLink:
 
     async def read_stats(self, *, timeout_s: float) -> BalloonStats:
         """Read the guest's latest stats; also decides between PROBING, ACTIVE, NO_DRIVER."""
-        path = self._require_balloon()
-        reply = await self._run(
-            "read stats",
-            timeout_s,
-            lambda c: self._call(c, "qom-get", {"path": path, "property": "guest-stats"}),
-        )
+        reply = await self._exec("read stats", "qom-get", self._stats_args(), timeout_s)
         try:
             stats = BalloonStats.from_qmp(reply)
         except ValueError as exc:
@@ -440,9 +489,7 @@ class QmpLink:
     async def query_actual(self, *, timeout_s: float) -> int:
         """The guest's current logical memory size in bytes (query-balloon ``actual``)."""
         events_before = self._balloon_events
-        reply = await self._run(
-            "query-balloon", timeout_s, lambda c: self._call(c, "query-balloon")
-        )
+        reply = await self._exec("query-balloon", "query-balloon", None, timeout_s)
         actual = reply.get("actual") if isinstance(reply, dict) else None
         if not isinstance(actual, int) or isinstance(actual, bool) or actual <= 0:
             self.errors_total += 1
@@ -457,9 +504,7 @@ class QmpLink:
         summed), or None for a guest without any: asked once per connect, then not again."""
         if self._has_disks is False:
             return None
-        reply = await self._run(
-            "query-blockstats", timeout_s, lambda c: self._call(c, "query-blockstats")
-        )
+        reply = await self._exec("query-blockstats", "query-blockstats", None, timeout_s)
         total = _read_bytes(reply)
         if total is None:
             self._has_disks = False
@@ -472,9 +517,7 @@ class QmpLink:
         """Ask the guest to resize to ``target_bytes`` (QMP ``balloon``; QEMU clamps to RAM)."""
         if target_bytes <= 0:
             raise ValueError(f"balloon target must be positive, not {target_bytes}")
-        await self._run(
-            "balloon", timeout_s, lambda c: self._call(c, "balloon", {"value": int(target_bytes)})
-        )
+        await self._exec("balloon", "balloon", {"value": int(target_bytes)}, timeout_s)
 
     async def boot_memory(self, *, timeout_s: float) -> int:
         """Guest RAM at boot in bytes (cached from the last connect)."""
@@ -549,15 +592,6 @@ class QmpLink:
             if item is None:
                 return
             yield item
-
-
-class _NoSession(contextlib.AbstractAsyncContextManager[None]):
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-#: The session of a link that stays connected: nothing to open or close.
-NO_SESSION = _NoSession()
 
 
 class SharedQmpLink(QmpLink):

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from balloond.core.stats import BalloonStats
 
-__all__ = ["GuestLink", "LinkEvent", "LinkState", "driver_verdict"]
+__all__ = ["NO_SESSION", "GuestLink", "LinkEvent", "LinkState", "driver_verdict"]
 
 
 class LinkState(enum.Enum):
@@ -49,12 +49,31 @@ class LinkState(enum.Enum):
 
     @property
     def connected(self) -> bool:
-        return self in _CONNECTED
+        # By value: an Enum member's own hash is a Python-level call, and this is asked
+        # several times per guest per poll.
+        return self._value_ in _CONNECTED
 
 
 _CONNECTED = frozenset(
-    {LinkState.PROBING, LinkState.ACTIVE, LinkState.NO_DEVICE, LinkState.NO_DRIVER, LinkState.HUNG}
+    state.value
+    for state in (
+        LinkState.PROBING,
+        LinkState.ACTIVE,
+        LinkState.NO_DEVICE,
+        LinkState.NO_DRIVER,
+        LinkState.HUNG,
+    )
 )
+
+
+class _NoSession(AbstractAsyncContextManager[None]):
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+#: The session of a link that stays connected: nothing to open or close. A controller that
+#: gets it from :meth:`GuestLink.session` runs its cycle without entering it.
+NO_SESSION: AbstractAsyncContextManager[None] = _NoSession()
 
 
 def driver_verdict(
@@ -134,7 +153,8 @@ class GuestLink(Protocol):
 
     def session(self, *, timeout_s: float) -> AbstractAsyncContextManager[None]:
         """Around one cycle's calls: connects first where the link does not stay connected
-        (raising LinkError as a call would), and lets go after."""
+        (raising LinkError as a call would), and lets go after; :data:`NO_SESSION` for a
+        link that stays connected."""
         ...
 
     async def enable_stats(

@@ -35,6 +35,7 @@ _QMP_FIELDS: dict[str, str] = {
 }
 QMP_STAT_NAMES: tuple[str, ...] = tuple(_QMP_FIELDS)
 _QMP_NAMES = QMP_STAT_NAMES
+_ABSENT_OR_INT = frozenset({type(None), int})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,18 +83,18 @@ class BalloonStats:
         raw = reply.get("stats", {})
         if not isinstance(raw, Mapping):
             raise ValueError(f"guest-stats 'stats' is not an object: {raw!r:.200}")
-        # Once per guest per poll: a plain loop with an exact type test (JSON numbers are
-        # int or float; bool, a subclass of int, is refused too).
-        values: list[int | None] = []
-        get = raw.get
-        for qmp_name in _QMP_NAMES:
-            value = get(qmp_name)
-            if value is None or value == QMP_NOT_REPORTED:
-                values.append(None)
-            elif value.__class__ is int and value >= 0:
-                values.append(value)
-            else:
-                raise ValueError(f"guest-stats {qmp_name} is not a non-negative integer: {value!r}")
+        # Once per guest per poll, so the checks run over the whole row at once: every
+        # value absent or an exact int (JSON numbers are int or float; bool, a subclass of
+        # int, is refused too), none below zero.
+        values: list[Any] = list(map(raw.get, _QMP_NAMES))
+        if not set(map(type, values)) <= _ABSENT_OR_INT or min(filter(None, values), default=0) < 0:
+            for qmp_name, value in zip(_QMP_NAMES, values, strict=True):
+                if value is not None and (value.__class__ is not int or value < 0):
+                    raise ValueError(
+                        f"guest-stats {qmp_name} is not a non-negative integer: {value!r}"
+                    )
+        if QMP_NOT_REPORTED in values:
+            values = [None if value == QMP_NOT_REPORTED else value for value in values]
         return cls(last_update, *values)
 
     def to_qmp(self) -> dict[str, Any]:

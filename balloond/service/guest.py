@@ -25,14 +25,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from balloond.adapters.audit_log import AuditLog
 from balloond.adapters.port import GuestReading
 from balloond.core.errors import LinkError, NoBalloonError, QMPCommandError
 from balloond.core.events import BalloonChange, HoldExpired
 from balloond.core.events import GuestEvent as ControllerEvent
-from balloond.core.link import GuestLink, LinkEvent, LinkState
+from balloond.core.link import NO_SESSION, GuestLink, LinkEvent, LinkState
 from balloond.core.policy import Decision, GuestView, Reason, ResolvedPolicy, decide
 from balloond.core.policy.books import (
     ACTUAL_TOLERANCE_BYTES,
@@ -94,6 +94,17 @@ class Timing:
     #: The timeline kept for plots: its span and the time between two points.
     timeline_s: float = 3600.0
     timeline_interval_s: float = 10.0
+
+
+class _Change(NamedTuple):
+    """A balloon change to make: its target, and what the log and the audit record say."""
+
+    target_bytes: int
+    reason: str
+    explanation: str
+    actor: str
+    #: The engine's reason, for the books (None for an operator's change).
+    engine_reason: Reason | None = None
 
 
 class GuestController:
@@ -324,12 +335,17 @@ class GuestController:
         }
 
     def explain(self) -> Decision | None:
-        """What the engine would decide now, from the same pure function the loop uses."""
-        view, policy = self.view(), self.policy
-        if view is None or policy is None:
+        """What the engine would decide now, from the same pure function the loop uses.
+
+        The engine reads the books as they are (they meet ``GuestFacts``): copying them into
+        a frozen view for every guest on every poll was a visible share of the daemon's
+        time, and nothing changes them while the engine, which only reads, runs."""
+        policy, boot, books = self.policy, self.link.boot_bytes, self.books
+        if policy is None or boot is None or not books.history:
             return None
+        books.boot_bytes = boot
         return decide(
-            guest=view,
+            guest=books,
             policy=policy,
             host_cap_bytes=self.host_cap_bytes,
             now_s=self._clock(),
@@ -362,7 +378,7 @@ class GuestController:
                 started_s = self._clock()
                 interval_s = self.timing.poll_interval_s
                 self._on_grid = started_s > due_s - interval_s / 2
-                await self._guard(self._session_cycle())
+                await self._session_cycle()
                 if self._regrid and self._report_s is not None:
                     # Stats were just re-enabled: QEMU's next report comes an interval on.
                     self._regrid = False
@@ -454,6 +470,13 @@ class GuestController:
             self._report_s = self._clock() + interval
             self._regrid = True
 
+    def _stats_due(self) -> bool:
+        """Whether stats polling is to be (re-)enabled before this cycle's reads: not yet
+        on this connection, a new interval, or a poll grid that drifted."""
+        due = self._stats_interval_s != self._wanted_stats_interval_s() or self._resync
+        self._resync = False
+        return due
+
     def _done(self) -> bool:
         return self._stop_event.is_set()
 
@@ -478,11 +501,15 @@ class GuestController:
         """Run one step; link trouble is the link's state, not the loop's end."""
         try:
             await step
-        except LinkError as exc:
+        except (LinkError, QMPCommandError) as exc:
+            self._trouble(exc)
+
+    def _trouble(self, exc: LinkError | QMPCommandError) -> None:
+        if isinstance(exc, LinkError):
             self.log.debug("cycle: %s", exc)
-        except NoBalloonError as exc:
+        elif isinstance(exc, NoBalloonError):
             self.log.warning("%s", exc)
-        except QMPCommandError as exc:
+        else:
             self.log.warning("QMP: %s", exc)
 
     async def _in_session(self, step: Callable[[], Awaitable[None]]) -> None:
@@ -491,12 +518,21 @@ class GuestController:
 
     async def _session_cycle(self) -> None:
         """One cycle in the link's session (a connection held just for it, where the
-        transport is shared with other clients)."""
-        async with self.link.session(timeout_s=self.timing.connect_timeout_s):
-            if self._stats_interval_s != self._wanted_stats_interval_s() or self._resync:
-                self._resync = False
-                await self._guard(self._enable_stats())
-            await self._guard(self._cycle())
+        transport is shared with other clients); link trouble is the link's state, not the
+        loop's end."""
+        try:
+            session = self.link.session(timeout_s=self.timing.connect_timeout_s)
+            if session is NO_SESSION:  # a held link: no context to enter on every poll
+                if self._stats_due():
+                    await self._guard(self._enable_stats())
+                await self._cycle()
+            else:
+                async with session:
+                    if self._stats_due():
+                        await self._guard(self._enable_stats())
+                    await self._cycle()
+        except (LinkError, QMPCommandError) as exc:
+            self._trouble(exc)
 
     async def _cycle(self) -> None:
         timeout = self.timing.qmp_timeout_s
@@ -534,7 +570,9 @@ class GuestController:
             self._report_external(move, sample)
         if self._done():
             return  # shutting down: start no new balloon change
-        await self._act()
+        change = self._act()
+        if change is not None:
+            await self._apply(change)
 
     def _report_external(self, move: ExternalMove, sample: GuestSample) -> None:
         """Say that a balloon move balloond did not make was accepted instead of fought: a
@@ -555,7 +593,9 @@ class GuestController:
             sample=sample,
         )
 
-    async def _act(self) -> None:
+    def _act(self) -> _Change | None:
+        """What to do now, by the operator's intent or else the engine's decision (which
+        it notes); the change to make, if any."""
         intent = self.intent
         expired = intent.hold_until is not None and self._wall() >= intent.hold_until
         if intent.mode is Mode.MANUAL and expired:
@@ -564,7 +604,7 @@ class GuestController:
             if self._on_change is not None:
                 self._on_change(self, HoldExpired(self.name))
         if intent.mode is Mode.PAUSED:
-            return
+            return None
         if intent.mode is Mode.MANUAL and intent.manual_target_bytes is not None:
             wanted = intent.manual_target_bytes
             if self.dry_run:
@@ -581,27 +621,22 @@ class GuestController:
                         explanation=f"operator set {fmt_size(wanted)}; dry run: balloon left alone",
                         sample=self.history[-1],
                     )
-                return
+                return None
             if self.target_bytes != wanted:
-                await self._apply(
-                    wanted,
-                    reason="manual",
-                    explanation=f"operator set {fmt_size(wanted)}",
-                    actor="operator",
-                )
-            return
+                return _Change(wanted, "manual", f"operator set {fmt_size(wanted)}", "operator")
+            return None
         decision, policy = self.explain(), self.policy
         if decision is None or policy is None:
-            return
+            return None
         self.books.decided(decision, policy=policy, now_s=self._clock())
-        self.decisions[str(decision.reason)] += 1
+        self.decisions[decision.reason] += 1
         previous, self.last_decision = self.last_decision, decision
         held = decision.reason is Reason.AT_FLOOR and decision.working_set_bytes is not None
         if held and not self._held_by_working_set:
             self.log.info("held by its working set: %s", decision.explanation)
         self._held_by_working_set = held
         if decision.target_bytes is None:
-            return
+            return None
         if self.dry_run:
             if previous is None or previous.target_bytes != decision.target_bytes:
                 self.log.info("dry-run: would %s", decision.explanation)
@@ -613,30 +648,23 @@ class GuestController:
                     explanation=decision.explanation,
                     sample=self.history[-1],
                 )
-            return
-        await self._apply(
+            return None
+        return _Change(
             decision.target_bytes,
-            reason=str(decision.reason),
-            explanation=decision.explanation,
-            actor="engine",
-            engine_reason=decision.reason,
+            str(decision.reason),
+            decision.explanation,
+            "engine",
+            decision.reason,
         )
 
-    async def _apply(
-        self,
-        target: int,
-        *,
-        reason: str,
-        explanation: str,
-        actor: str,
-        engine_reason: Reason | None = None,
-    ) -> None:
+    async def _apply(self, change: _Change) -> None:
+        target, reason, explanation = change.target_bytes, change.reason, change.explanation
         old = self.history[-1].actual_bytes if self.history else None
         await self.link.set_target(target, timeout_s=self.timing.qmp_timeout_s)
-        self.books.applied(target, now_s=self._clock(), reason=engine_reason)
+        self.books.applied(target, now_s=self._clock(), reason=change.engine_reason)
         self.log.info("%s -> %s (%s): %s", fmt_size(old), fmt_size(target), reason, explanation)
         self._record(
-            actor=actor,
+            actor=change.actor,
             old=old,
             new=target,
             reason=reason,

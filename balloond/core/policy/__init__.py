@@ -1,12 +1,14 @@
 """The policy engine: balloond's functional core.
 
-Frozen values in, a frozen decision out; no I/O, no clock reads, no logging. That is what lets
+A guest's facts in (read, never changed), a frozen decision out; no I/O, no clock reads, no
+logging. That is what lets
 the same code run in the daemon, in the simulator and in ``balloonctl explain``, and be
 checked with property tests. Nothing here imports pydantic or an adapter.
 
 Modules, in the order data flows through them:
 
-* ``inputs``   - :class:`GuestView` (one guest's samples and history of moves) and
+* ``inputs``   - :class:`GuestView` (one guest's samples and history of moves; the
+  :class:`GuestFacts` protocol, which the daemon's books meet too) and
   :class:`ResolvedPolicy` (a policy in bytes, made by ``balloond.runtime.config.Policy.resolve``).
 * ``observe``  - reads the last few samples: used memory, trend, staleness.
 * ``planner``  - :func:`plan_host`: caps per guest while the host is short of memory.
@@ -25,12 +27,13 @@ One cycle of the supervisor::
 
 from balloond.core.policy.decision import Decision, Reason
 from balloond.core.policy.engine import decide, floor_bytes, horizon_s
-from balloond.core.policy.inputs import GuestView, Reclaim, ResolvedPolicy
+from balloond.core.policy.inputs import GuestFacts, GuestView, Reclaim, ResolvedPolicy
 from balloond.core.policy.observe import Observation, Unobservable, observe, stale_after_s
 from balloond.core.policy.planner import plan_host
 
 __all__ = [
     "Decision",
+    "GuestFacts",
     "GuestView",
     "Observation",
     "Reason",

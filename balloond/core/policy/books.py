@@ -1,6 +1,7 @@
 """What balloond keeps about one guest between polls: its books.
 
-The engine decides from a frozen :class:`~balloond.core.policy.GuestView`; something has to
+The engine decides from a guest's facts (:class:`~balloond.core.policy.GuestView`, or these
+books themselves, handed over as they are on each poll); something has to
 keep, from one poll to the next, what that view is made of: the recent samples, the last
 target balloond set, when the balloon was last deflated or inflated, when someone else last
 moved it, the reason of the last change, when the guest last reported, and what the
@@ -65,6 +66,8 @@ class GuestBooks:
     name: str
     #: Oldest first; its length is ``daemon.history_s`` worth of polls.
     history: deque[GuestSample]
+    #: The guest's RAM at boot, once known (the books stand in for a view: ``GuestFacts``).
+    boot_bytes: int = 0
     #: The last target balloond asked for (or adopted from someone else's move).
     target_bytes: int | None = None
     #: When the balloon was last deflated, by balloond or by the guest.

@@ -2,11 +2,15 @@
 
 A decision is a frozen value so the supervisor can log it, write it to the audit log, show it in
 ``balloonctl explain`` and compare it in tests without caring how it was made.
+
+Its explanation is written when first read: the engine decides for every guest on every
+poll, and most decisions (nothing to change) are never read by anyone.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -88,8 +92,8 @@ class Decision:
     #: The logical size to ask QEMU for; None leaves the balloon as it is.
     target_bytes: int | None
     reason: Reason
-    #: One line for logs and ``balloonctl explain``, in MiB and percent for people.
-    explanation: str
+    #: The explanation (see :attr:`explanation`), or what writes it when asked.
+    why: str | Callable[[], str] = field(compare=False, repr=False)
     #: The guest's size now (``actual`` of the latest sample).
     current_bytes: int | None = None
     available_bytes: int | None = None
@@ -114,6 +118,12 @@ class Decision:
     surge_reserve_bytes: int | None = None
 
     @property
+    def explanation(self) -> str:
+        """One line for logs and ``balloonctl explain``, in MiB and percent for people."""
+        why = self.why
+        return why if isinstance(why, str) else why()
+
+    @property
     def change_bytes(self) -> int:
         """Signed change the decision asks for: positive deflates (gives memory back)."""
         if self.target_bytes is None or self.current_bytes is None:
@@ -123,5 +133,7 @@ class Decision:
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict for the audit log and the control socket."""
         out = asdict(self)
+        del out["why"]
         out["reason"] = str(self.reason)
+        out["explanation"] = self.explanation
         return out

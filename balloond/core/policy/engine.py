@@ -58,11 +58,12 @@ Rules every target obeys (and the property tests check):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from balloond.core.policy import explain
 from balloond.core.policy.decision import Decision, Reason
-from balloond.core.policy.inputs import GuestView, Reclaim, ResolvedPolicy
+from balloond.core.policy.inputs import GuestFacts, Reclaim, ResolvedPolicy
 from balloond.core.policy.observe import Observation, Unobservable, observe
 from balloond.core.units import MiB
 
@@ -82,6 +83,15 @@ WORKING_SET_SETTLE_POLLS = 3
 #: Seconds the balloon takes to move once asked (lab: 0.2-0.3 s for 512 MiB under TCG; a
 #: margin for a busy host). With a stats interval it makes the time balloond needs to react.
 BALLOON_MOVE_S = 1.0
+
+
+#: An explanation, or what writes it when someone reads the decision (most are never read:
+#: the engine decides every guest on every poll, so the text is left until asked for).
+Why = str | Callable[[], str]
+
+
+def _text(why: Why) -> str:
+    return why if isinstance(why, str) else why()
 
 
 def horizon_s(poll_interval_s: float) -> float:
@@ -104,7 +114,7 @@ def decayed(value: float, *, age_s: float, halflife_s: float) -> float:
     return float(value * 0.5 ** (age_s / halflife_s))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keep:
     """What a guest keeps above its used memory now, and why."""
 
@@ -121,7 +131,7 @@ class Keep:
 
 
 def keep_for(
-    *, guest: GuestView, policy: ResolvedPolicy, now_s: float, poll_interval_s: float
+    *, guest: GuestFacts, policy: ResolvedPolicy, now_s: float, poll_interval_s: float
 ) -> Keep:
     """The guest's keep now: the policy's, its decaying working set, its surge reserve."""
     base = policy.keep_bytes
@@ -154,58 +164,66 @@ def floor_bytes(*, used_bytes: int, policy: ResolvedPolicy, keep: Keep | None = 
     return min(_round_up_mib(max(policy.min_bytes, used_bytes + total)), policy.max_bytes)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkingSetSignal:
     """The guest's refaults rose while the balloon holds memory from it."""
 
-    why: str
+    why: Why
     #: Within ``refault_window_s`` of an inflate: the inflate squeezed the working set.
     #: Otherwise the working set grew into memory the balloon holds.
     after_inflate: bool
 
 
 def working_set_signal(
-    *, guest: GuestView, policy: ResolvedPolicy, obs: Observation, now_s: float
+    *, guest: GuestFacts, policy: ResolvedPolicy, obs: Observation, now_s: float
 ) -> WorkingSetSignal | None:
     """Whether the balloon holds memory the guest's working set needs now (see rule 3)."""
     threshold = policy.refault_threshold_bps
     if threshold <= 0 or obs.current_bytes >= policy.max_bytes:
         return None
+    io, baseline = obs.io_bps, guest.io_baseline_bps
+    refaults = io is not None and baseline is not None and io - baseline >= threshold
+    stalls, direct = obs.new_alloc_stalls, obs.direct_reclaim_bps
+    if not (refaults or stalls or direct >= threshold):
+        return None
     since_s = None if guest.last_inflate_s is None else now_s - guest.last_inflate_s
     after_inflate = since_s is not None and since_s <= policy.refault_window_s
-    when = f"{since_s:.0f}s after an inflate" if after_inflate else "with the balloon still"
-    baseline = guest.io_baseline_bps
-    why = None
-    if obs.io_bps is not None and baseline is not None and obs.io_bps - baseline >= threshold:
-        usual = "before the inflate" if after_inflate else "usually"
-        why = f"refaults {explain.rate(obs.io_bps)} ({explain.rate(baseline)} {usual}) {when}"
-    elif obs.new_alloc_stalls:
-        why = f"{obs.new_alloc_stalls} allocation stalls {when}"
-    elif obs.direct_reclaim_bps >= threshold:
-        why = f"direct reclaim {explain.rate(obs.direct_reclaim_bps)} {when}"
-    if why is None:
-        return None
+
+    def why() -> str:
+        when = f"{since_s:.0f}s after an inflate" if after_inflate else "with the balloon still"
+        if refaults:
+            usual = "before the inflate" if after_inflate else "usually"
+            rates = f"{explain.rate(io or 0.0)} ({explain.rate(baseline or 0.0)} {usual})"
+            return f"refaults {rates} {when}"
+        if stalls:
+            return f"{stalls} allocation stalls {when}"
+        return f"direct reclaim {explain.rate(direct)} {when}"
+
     return WorkingSetSignal(why=why, after_inflate=after_inflate)
 
 
 def inflate_block(
-    *, guest: GuestView, policy: ResolvedPolicy, now_s: float
-) -> tuple[Reason, str] | None:
+    *, guest: GuestFacts, policy: ResolvedPolicy, now_s: float
+) -> tuple[Reason, Why] | None:
     """Why an inflate may not happen now (cooldown, external backoff, measuring), or None."""
     if policy.refault_threshold_bps > 0 and guest.io_baseline_bps is None:
         return Reason.MEASURING, "the guest's own disk reads are not measured yet"
     if guest.last_deflate_s is not None:
-        since_s = now_s - guest.last_deflate_s
-        if since_s < policy.cooldown_s:
-            return Reason.COOLDOWN, (
-                f"deflated {since_s:.0f}s ago (cooldown {policy.cooldown_s:.0f}s)"
+        deflated_s = now_s - guest.last_deflate_s
+        if deflated_s < policy.cooldown_s:
+            return (
+                Reason.COOLDOWN,
+                lambda: f"deflated {deflated_s:.0f}s ago (cooldown {policy.cooldown_s:.0f}s)",
             )
     if guest.external_change_s is not None:
-        since_s = now_s - guest.external_change_s
-        if since_s < policy.external_backoff_s:
-            return Reason.EXTERNAL_BACKOFF, (
-                f"balloon moved by someone else {since_s:.0f}s ago "
-                f"(backoff {policy.external_backoff_s:.0f}s)"
+        moved_s = now_s - guest.external_change_s
+        if moved_s < policy.external_backoff_s:
+            return (
+                Reason.EXTERNAL_BACKOFF,
+                lambda: (
+                    f"balloon moved by someone else {moved_s:.0f}s ago "
+                    f"(backoff {policy.external_backoff_s:.0f}s)"
+                ),
             )
     return None
 
@@ -222,7 +240,7 @@ class _Frame:
     def __init__(
         self,
         *,
-        guest: GuestView,
+        guest: GuestFacts,
         policy: ResolvedPolicy,
         obs: Observation,
         keep: Keep,
@@ -240,16 +258,20 @@ class _Frame:
         self.cap = cap
         self.now_s = now_s
 
-    def answer(self, target: int | None, reason: Reason, why: str) -> Decision:
+    def answer(self, target: int | None, reason: Reason, why: Why) -> Decision:
         obs = self.obs
-        if target is not None:
-            why = f"{why}: {explain.move(obs.current_bytes, target)}"
-        elif not why.endswith("no change"):
-            why = f"{why}: no change"
+        current = obs.current_bytes
+
+        def explanation() -> str:
+            text = _text(why)
+            if target is not None:
+                return f"{text}: {explain.move(current, target)}"
+            return text if text.endswith("no change") else f"{text}: no change"
+
         return Decision(
             target_bytes=target,
             reason=reason,
-            explanation=why,
+            why=explanation,
             current_bytes=obs.current_bytes,
             available_bytes=obs.available_bytes,
             used_bytes=obs.used_bytes,
@@ -282,12 +304,12 @@ class _Frame:
             parts.append(f"surge reserve {explain.size(keep.reserve)}")
         return f"{text} ({' + '.join(parts)})"
 
-    def deflate(self, *, want: int, limit: int, reason: Reason, why: str) -> Decision:
+    def deflate(self, *, want: int, limit: int, reason: Reason, why: Why) -> Decision:
         """Grow the guest toward ``want``, no higher than ``limit``."""
         policy, current = self.policy, self.obs.current_bytes
         if current >= limit:
             at = "max_size" if limit >= policy.max_bytes else "the host cap"
-            return self.answer(None, Reason.AT_MAX, f"{why}, but already at {at}")
+            return self.answer(None, Reason.AT_MAX, lambda: f"{_text(why)}, but already at {at}")
         target = _round_up_mib(want)
         if policy.max_deflate_step_bytes is not None:
             # Rounded up: a limit of "10%" need not be whole MiB.
@@ -298,12 +320,14 @@ class _Frame:
             return self.answer(
                 None,
                 Reason.MIN_CHANGE,
-                f"{why}, but {explain.size(target - current)} is below min_change "
-                f"{explain.size(policy.min_change_bytes)}",
+                lambda: (
+                    f"{_text(why)}, but {explain.size(target - current)} is below min_change "
+                    f"{explain.size(policy.min_change_bytes)}"
+                ),
             )
         return self.answer(target, reason, why)
 
-    def inflate(self, *, want: int, step_limited: bool, reason: Reason, why: str) -> Decision:
+    def inflate(self, *, want: int, step_limited: bool, reason: Reason, why: Why) -> Decision:
         """Shrink the guest toward ``want``, never below the floor."""
         policy, current = self.policy, self.obs.current_bytes
         target = max(want, self.floor)
@@ -312,17 +336,24 @@ class _Frame:
         target = _round_up_mib(target)  # toward the current size
         if target >= current:
             if self.floor >= want:
-                return self.answer(None, Reason.AT_FLOOR, f"{why}, but at {self.floor_text()}")
-            return self.answer(None, Reason.MIN_CHANGE, f"{why}, but the change is under 1MiB")
+                return self.answer(
+                    None, Reason.AT_FLOOR, lambda: f"{_text(why)}, but at {self.floor_text()}"
+                )
+            return self.answer(
+                None, Reason.MIN_CHANGE, lambda: f"{_text(why)}, but the change is under 1MiB"
+            )
         blocked = inflate_block(guest=self.guest, policy=policy, now_s=self.now_s)
         if blocked is not None:
-            return self.answer(None, blocked[0], f"{why}, but {blocked[1]}")
+            block_reason, block_why = blocked
+            return self.answer(None, block_reason, lambda: f"{_text(why)}, but {_text(block_why)}")
         if current - target < policy.min_change_bytes:
             return self.answer(
                 None,
                 Reason.MIN_CHANGE,
-                f"{why}, but {explain.size(current - target)} is below min_change "
-                f"{explain.size(policy.min_change_bytes)}",
+                lambda: (
+                    f"{_text(why)}, but {explain.size(current - target)} is below min_change "
+                    f"{explain.size(policy.min_change_bytes)}"
+                ),
             )
         return self.answer(target, reason, why)
 
@@ -333,18 +364,22 @@ def _pressure(frame: _Frame, *, horizon: float) -> tuple[Reason, int, str] | Non
     available = obs.available_bytes
     low, mid, high = policy.free_low_bytes, policy.band_mid_bytes, policy.free_high_bytes
     ahead = int(obs.decline_bps * horizon)
-    falling = f", falling {explain.rate(obs.decline_bps)}" if obs.decline_bps >= MiB else ""
+
+    def falling() -> str:
+        return f", falling {explain.rate(obs.decline_bps)}" if obs.decline_bps >= MiB else ""
+
     if obs.new_oom_kills:
         why = f"the guest OOM-killed {obs.new_oom_kills} process(es)"
         return Reason.OOM_RISK, max(high - available, 0) + ahead, why
     if available < low:
         why = (
-            f"available {explain.size(available)} < free_low {explain.size_pct(low, boot)}{falling}"
+            f"available {explain.size(available)} < free_low {explain.size_pct(low, boot)}"
+            f"{falling()}"
         )
         return Reason.PRESSURE, mid - available + ahead, why
     if ahead and available - ahead < low:
         why = (
-            f"available {explain.size(available)}{falling}: below free_low "
+            f"available {explain.size(available)}{falling()}: below free_low "
             f"{explain.size_pct(low, boot)} within {horizon:.0f}s"
         )
         return Reason.OOM_RISK, max(mid - available, 0) + ahead, why
@@ -371,7 +406,7 @@ def _unobservable(
     return Decision(
         target_bytes=None,
         reason=problem.reason,
-        explanation=f"{problem.detail}: no change",
+        why=f"{problem.detail}: no change",
         current_bytes=problem.current_bytes,
         ceiling_bytes=policy.max_bytes,
         free_low_bytes=policy.free_low_bytes,
@@ -381,7 +416,7 @@ def _unobservable(
 
 
 def _release_blind(
-    problem: Unobservable, *, guest: GuestView, policy: ResolvedPolicy, now_s: float
+    problem: Unobservable, *, guest: GuestFacts, policy: ResolvedPolicy, now_s: float
 ) -> Decision | None:
     """The stale-stats fail-safe: back to ``max_size`` once blind for ``stale_release_s``."""
     current = problem.current_bytes
@@ -398,7 +433,7 @@ def _release_blind(
     return Decision(
         target_bytes=policy.max_bytes,
         reason=Reason.STATS_LOST,
-        explanation=why,
+        why=why,
         current_bytes=current,
         ceiling_bytes=policy.max_bytes,
         free_low_bytes=policy.free_low_bytes,
@@ -406,7 +441,7 @@ def _release_blind(
     )
 
 
-def _off(*, guest: GuestView, policy: ResolvedPolicy) -> Decision:
+def _off(*, guest: GuestFacts, policy: ResolvedPolicy) -> Decision:
     current = guest.history[-1].actual_bytes if guest.history else None
     ours = guest.target_bytes is not None and guest.target_bytes < policy.max_bytes
     if ours and current is not None and current < policy.max_bytes:
@@ -418,7 +453,7 @@ def _off(*, guest: GuestView, policy: ResolvedPolicy) -> Decision:
     return Decision(
         target_bytes=target,
         reason=Reason.OFF,
-        explanation=why,
+        why=why,
         current_bytes=current,
         ceiling_bytes=policy.max_bytes,
         free_low_bytes=policy.free_low_bytes,
@@ -428,7 +463,7 @@ def _off(*, guest: GuestView, policy: ResolvedPolicy) -> Decision:
 
 def decide(
     *,
-    guest: GuestView,
+    guest: GuestFacts,
     policy: ResolvedPolicy,
     host_cap_bytes: int | None,
     now_s: float,
@@ -479,8 +514,8 @@ def decide(
     if signal is not None:
         eating = "is eating" if signal.after_inflate else "holds memory for"
         why = (
-            f"{signal.why}, with available {explain.size(available)} above free_low: the "
-            f"balloon {eating} the guest's working set"
+            f"{_text(signal.why)}, with available {explain.size(available)} above free_low: "
+            f"the balloon {eating} the guest's working set"
         )
         given = guest.last_deflate_s
         # Below its floor (a surge raised the reserve) the guest gets the floor now: the
@@ -521,8 +556,12 @@ def decide(
         return frame.deflate(want=want, limit=ceiling, reason=Reason.WORKING_SET, why=why)
 
     if current < floor:
-        why = f"below {frame.floor_text(with_used=True)}"
-        return frame.deflate(want=floor, limit=max_bytes, reason=Reason.BELOW_FLOOR, why=why)
+        return frame.deflate(
+            want=floor,
+            limit=max_bytes,
+            reason=Reason.BELOW_FLOOR,
+            why=lambda: f"below {frame.floor_text(with_used=True)}",
+        )
 
     if current > ceiling:
         if cap is not None and cap < max_bytes:
@@ -550,12 +589,20 @@ def decide(
         return frame.answer(None, Reason.HOST_PRESSURE, "held at the host cap")
 
     if available > policy.free_high_bytes:
-        why = (
-            f"available {explain.size(available)} > free_high "
-            f"{explain.size_pct(policy.free_high_bytes, guest.boot_bytes)}"
-        )
         return frame.inflate(
-            want=current - (available - mid), step_limited=True, reason=Reason.IDLE, why=why
+            want=current - (available - mid),
+            step_limited=True,
+            reason=Reason.IDLE,
+            why=lambda: (
+                f"available {explain.size(available)} > free_high "
+                f"{explain.size_pct(policy.free_high_bytes, guest.boot_bytes)}"
+            ),
         )
-    band = f"{explain.size(policy.free_low_bytes)}..{explain.size(policy.free_high_bytes)}"
-    return frame.answer(None, Reason.IN_BAND, f"available {explain.size(available)} within {band}")
+    return frame.answer(
+        None,
+        Reason.IN_BAND,
+        lambda: (
+            f"available {explain.size(available)} within "
+            f"{explain.size(policy.free_low_bytes)}..{explain.size(policy.free_high_bytes)}"
+        ),
+    )

@@ -7,8 +7,10 @@ size. ``balloond.runtime.config.Policy.resolve`` is the only producer of :class:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from balloond.core.policy.decision import Reason
 from balloond.core.stats import GuestSample
@@ -117,3 +119,42 @@ class GuestView:
     #: (``surge_halflife_s``).
     surge_bps: float = 0.0
     surge_s: float | None = None
+
+
+class GuestFacts(Protocol):
+    """What the engine reads about a guest: a :class:`GuestView`, or the books a controller
+    keeps between polls (:class:`~balloond.core.policy.books.GuestBooks`), which the daemon
+    hands over as they are rather than copy them into a view for every guest on every poll.
+    The engine only reads them, within one call. The fields mean what :class:`GuestView`'s
+    do."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def boot_bytes(self) -> int: ...
+    @property
+    def history(self) -> Sequence[GuestSample]: ...
+    @property
+    def target_bytes(self) -> int | None: ...
+    @property
+    def last_deflate_s(self) -> float | None: ...
+    @property
+    def external_change_s(self) -> float | None: ...
+    @property
+    def last_report_s(self) -> float | None: ...
+    @property
+    def last_reason(self) -> Reason | None: ...
+    @property
+    def last_inflate_s(self) -> float | None: ...
+    @property
+    def last_inflate_from_bytes(self) -> int | None: ...
+    @property
+    def io_baseline_bps(self) -> float | None: ...
+    @property
+    def working_set_bytes(self) -> int: ...
+    @property
+    def working_set_s(self) -> float | None: ...
+    @property
+    def surge_bps(self) -> float: ...
+    @property
+    def surge_s(self) -> float | None: ...

@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from balloond.core.policy.decision import Reason
-from balloond.core.policy.inputs import GuestView
+from balloond.core.policy.inputs import GuestFacts
 from balloond.core.stats import BalloonStats
 
 #: QEMU moves the balloon in pages of this size.
@@ -54,9 +54,10 @@ def stale_after_s(poll_interval_s: float) -> float:
     return STALE_AFTER_POLLS * max(poll_interval_s, 1.0) + 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
-    """A guest's state as far as the engine cares, from its latest samples."""
+    """A guest's state as far as the engine cares, from its latest samples (made and read
+    within one decision: plain, not frozen, as it is built for every guest on every poll)."""
 
     current_bytes: int
     available_bytes: int
@@ -94,7 +95,7 @@ def _counter_delta(new: int | None, old: int | None) -> int:
 
 
 def observe(
-    *, guest: GuestView, now_s: float, poll_interval_s: float
+    *, guest: GuestFacts, now_s: float, poll_interval_s: float
 ) -> Observation | Unobservable:
     """Read the latest samples of ``guest``; O(samples since the previous report)."""
     history = guest.history

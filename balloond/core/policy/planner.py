@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from balloond.core.policy.decision import Reason
 from balloond.core.policy.engine import floor_bytes, inflate_block, keep_for, working_set_signal
-from balloond.core.policy.inputs import GuestView, Reclaim, ResolvedPolicy
+from balloond.core.policy.inputs import GuestFacts, Reclaim, ResolvedPolicy
 from balloond.core.policy.observe import Unobservable, observe
 from balloond.core.stats import HostSnapshot
 
@@ -103,7 +103,7 @@ def _chunk(shares: list[_Share], *, total: int, overshoot: bool) -> None:
 
 def plan_host(
     *,
-    guests: Sequence[tuple[GuestView, ResolvedPolicy]],
+    guests: Sequence[tuple[GuestFacts, ResolvedPolicy]],
     host: HostSnapshot,
     reserve_bytes: int,
     now_s: float,
