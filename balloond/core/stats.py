@@ -107,9 +107,10 @@ class BalloonStats:
 
     def as_dict(self) -> dict[str, int | None]:
         """Field name -> value, for audit records and JSON output."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
 
+_FIELD_NAMES = tuple(f.name for f in fields(BalloonStats))
 # from_qmp builds BalloonStats positionally, in _QMP_FIELDS' order.
 assert tuple(f.name for f in fields(BalloonStats))[1:] == tuple(_QMP_FIELDS.values())
 
