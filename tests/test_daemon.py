@@ -364,7 +364,10 @@ async def test_a_guest_gone_blind_gets_its_memory_back_until_stats_flow(
     config = config.model_copy(
         update={
             "policies": {
-                "default": config.policies["default"].model_copy(update={"stale_release_s": 5.0})
+                # A short cooldown too: the reclaim after the guest runs again waits for it.
+                "default": config.policies["default"].model_copy(
+                    update={"stale_release_s": 5.0, "cooldown_s": 5.0}
+                )
             }
         }
     )
