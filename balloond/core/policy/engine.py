@@ -86,7 +86,9 @@ BALLOON_MOVE_S = 1.0
 
 
 #: An explanation, or what writes it when someone reads the decision (most are never read:
-#: the engine decides every guest on every poll, so the text is left until asked for).
+#: the engine decides every guest on every poll, so the text is left until asked for). What
+#: writes it reads only values fixed when the decision was made, never the guest's facts:
+#: the daemon's books move on after the decision.
 Why = str | Callable[[], str]
 
 
@@ -589,13 +591,14 @@ def decide(
         return frame.answer(None, Reason.HOST_PRESSURE, "held at the host cap")
 
     if available > policy.free_high_bytes:
+        boot = guest.boot_bytes  # read now: the explanation is written later, from values
         return frame.inflate(
             want=current - (available - mid),
             step_limited=True,
             reason=Reason.IDLE,
             why=lambda: (
                 f"available {explain.size(available)} > free_high "
-                f"{explain.size_pct(policy.free_high_bytes, guest.boot_bytes)}"
+                f"{explain.size_pct(policy.free_high_bytes, boot)}"
             ),
         )
     return frame.answer(
