@@ -38,12 +38,15 @@ _QMP_NAMES = QMP_STAT_NAMES
 _ABSENT_OR_INT = frozenset({type(None), int})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BalloonStats:
     """One `guest-stats` reading. None means the guest did not report that statistic.
 
     ``last_update`` is QEMU's host wall-clock time (seconds) of the guest's last report;
     0 means the guest never reported (no driver, or polling just enabled).
+
+    A value: nothing changes one once made. It is not a frozen dataclass only because one
+    is made for every guest on every poll, and a frozen one costs a call per field to make.
     """
 
     last_update: int
@@ -115,7 +118,7 @@ _FIELD_NAMES = tuple(f.name for f in fields(BalloonStats))
 assert tuple(f.name for f in fields(BalloonStats))[1:] == tuple(_QMP_FIELDS.values())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GuestSample:
     """What one poll of one guest saw.
 
@@ -125,6 +128,8 @@ class GuestSample:
     ``read_bytes`` is what the guest has read from its disks since its VMM started, as the
     host counts it (QMP ``query-blockstats`` ``rd_bytes``, summed over its devices); None
     where unknown (no disk, or a link that cannot tell).
+
+    A value, not changed once made (not frozen only to be cheap to make: one per poll).
     """
 
     t_s: float

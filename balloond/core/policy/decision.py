@@ -1,7 +1,9 @@
 """What the engine answers: a target (or none), a stable reason code and the numbers behind it.
 
-A decision is a frozen value so the supervisor can log it, write it to the audit log, show it in
-``balloonctl explain`` and compare it in tests without caring how it was made.
+A decision is a value (nothing changes one once made) so the supervisor can log it, write it to
+the audit log, show it in ``balloonctl explain`` and compare it in tests without caring how it
+was made. It is not a frozen dataclass only because the engine makes one for every guest on
+every poll, and a frozen one costs a call per field to make.
 
 Its explanation is written when first read: the engine decides for every guest on every
 poll, and most decisions (nothing to change) are never read by anyone.
@@ -82,7 +84,7 @@ PRESSURE_REASONS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     """The engine's answer for one guest at one moment.
 

@@ -124,15 +124,19 @@ def observe(
     index = len(history) - 2
     while index >= 0:
         sample = history[index]
-        inflated += max(0, sample.actual_bytes - newer_actual)
-        newer_actual = sample.actual_bytes
+        older_actual = sample.actual_bytes
+        if older_actual > newer_actual:
+            inflated += older_actual - newer_actual
+        newer_actual = older_actual
         old = sample.stats
         if old is None or not old.valid:
             break
         if old.last_update != stats.last_update:
             previous, previous_actual, previous_sample = old, sample.actual_bytes, sample
             if index > 0:  # an inflate just before that report may not show in it yet
-                inflated += max(0, history[index - 1].actual_bytes - previous_actual)
+                before = history[index - 1].actual_bytes
+                if before > previous_actual:
+                    inflated += before - previous_actual
             break
         if latest.t_s - sample.t_s > stale_s:
             return Unobservable(
@@ -143,7 +147,7 @@ def observe(
         index -= 1
 
     available = stats.available_bytes
-    used = max(0, current - available)
+    used = current - available if current > available else 0
     decline_bps = swap_in_bps = faults_per_s = direct_bps = 0.0
     io_bps: float | None = None
     oom_kills = alloc_stalls = 0
