@@ -23,12 +23,15 @@ then measures over a window:
 The guests' workloads breathe, so the daemon moves balloons all the time; in full mode one
 more run at 2,000 guests has idle guests, which shows the cost of polling alone.
 
-The floor: after each run marked ``floor``, the daemon stops and two clients
-(:mod:`benchmarks.scale_floor`) take its place on the same fleet, pinned to the same core:
-a bare qemu.qmp client and a raw-streams client, each sending the daemon's traffic (the
-same polls, and the daemon's measured rates of query-balloon and balloon). These machines
-vary 2-3x from hour to hour, so the daemon is judged as a multiple of that floor, and a
-fixed Python loop timed at the start is reported as the run's speed reference.
+The floor: in each run marked ``floor``, once the daemon's own window is measured, two
+clients (:mod:`benchmarks.scale_floor`) run in turn beside it, on a second simulated fleet
+of the same size, pinned to the daemon's core: a bare qemu.qmp client and a raw-streams
+client, each sending the daemon's traffic (the same polls, and the daemon's measured rates
+of query-balloon and balloon). These machines vary 2-3x from hour to hour, and by 10-20%
+from one minute to the next, so the daemon is judged as a multiple of that floor with both
+measured over the same window on the same core (measured one after the other, the same
+daemon's ratio moved by +-15% from run to run); a fixed Python loop timed at the start is
+reported as the run's speed reference.
 
 Targets (reported, not asserted): the daemon's CPU at most 1.3x the qemu.qmp floor at 1,000
 and 2,000 guests; at 2,000 guests 1.00 polls per guest per second, p99 stats-to-command
@@ -57,7 +60,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 POLL_INTERVAL_S = 1.0
@@ -165,13 +168,26 @@ class Result:
     floor_qmp_rss_mib: float | None = None
     #: How long the last /metrics scrape held the daemon's event loop.
     scrape_loop_ms: float | None = None
+    #: The daemon's CPU % of a core over the qemu.qmp floor's window (the two running side
+    #: by side), and over the raw floor's: what each ratio is taken from.
+    paired_cpu_pct: float | None = None
+    paired_raw_cpu_pct: float | None = None
+    #: The daemon's polls per guest per second over the qemu.qmp floor's window.
+    paired_polls: float | None = None
 
     @property
     def ratio(self) -> float | None:
-        """The daemon's CPU as a multiple of the qemu.qmp floor's."""
-        if self.floor_qmp_pct is None or self.floor_qmp_pct <= 0:
+        """The daemon's CPU as a multiple of the qemu.qmp floor's, over the same window."""
+        if self.floor_qmp_pct is None or self.floor_qmp_pct <= 0 or self.paired_cpu_pct is None:
             return None
-        return self.cpu_pct / self.floor_qmp_pct
+        return self.paired_cpu_pct / self.floor_qmp_pct
+
+    @property
+    def raw_ratio(self) -> float | None:
+        """The daemon's CPU as a multiple of the raw-streams floor's, over the same window."""
+        if self.floor_raw_pct is None or self.floor_raw_pct <= 0 or self.paired_raw_cpu_pct is None:
+            return None
+        return self.paired_raw_cpu_pct / self.floor_raw_pct
 
 
 # --- processes -------------------------------------------------------------------------
@@ -335,11 +351,19 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
     ):
         sockets = work / "q"
         fleet = FleetProcess(sockets, run, cores=sim_cores, log=sim_log)
+        # The floor clients get a fleet of their own, so that they run beside the daemon.
+        floor_sockets = work / "f"
+        floor_fleet = (
+            FleetProcess(floor_sockets, run, cores=sim_cores, log=sim_log) if run.floor else None
+        )
         daemon: subprocess.Popen[bytes] | None = None
         try:
-            ready = fleet.read(FLEET_START_S)
-            if ready.get("ready") != run.guests:
-                raise RuntimeError(f"the simulator started {ready}, not {run.guests} guests")
+            for each in (fleet, floor_fleet):
+                if each is None:
+                    continue
+                ready = each.read(FLEET_START_S)
+                if ready.get("ready") != run.guests:
+                    raise RuntimeError(f"the simulator started {ready}, not {run.guests} guests")
             port = free_port()
             config = write_config(work, sockets, port, way=run.way)
             started = time.monotonic()
@@ -364,38 +388,55 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                 startup_s=startup_s,
                 progress=progress,
             )
-            daemon.send_signal(signal.SIGTERM)
-            _wait_or_kill(daemon)
-            if not run.floor:
+            if floor_fleet is None:
                 return result
             floors = {}
             for mode in ("qmp", "raw"):
                 floors[mode] = run_floor(
-                    fleet,
-                    sockets,
+                    floor_fleet,
+                    floor_sockets,
                     mode=mode,
                     result=result,
                     window_s=settings.window_s,
                     cores=daemon_cores,
                     log=sim_log,
+                    beside=(daemon, fleet),
                 )
+                paired = floors[mode]
                 progress(
-                    f"  {run.label} guests, {mode} floor: CPU {floors[mode][0]:.1f}%, "
-                    f"{floors[mode][1]:.2f} polls/guest/s"
+                    f"  {run.label} guests, {mode} floor beside the daemon: floor CPU "
+                    f"{paired.cpu_pct:.1f}% ({paired.polls:.2f} polls/guest/s), daemon CPU "
+                    f"{paired.daemon_cpu_pct:.1f}% ({paired.daemon_polls:.2f} polls/guest/s): "
+                    f"{paired.daemon_cpu_pct / max(paired.cpu_pct, 0.01):.2f}x"
                 )
             return dataclasses.replace(
                 result,
-                floor_qmp_pct=floors["qmp"][0],
-                floor_qmp_polls=floors["qmp"][1],
-                floor_raw_pct=floors["raw"][0],
-                floor_raw_polls=floors["raw"][1],
-                floor_qmp_rss_mib=floors["qmp"][2],
+                floor_qmp_pct=floors["qmp"].cpu_pct,
+                floor_qmp_polls=floors["qmp"].polls,
+                floor_raw_pct=floors["raw"].cpu_pct,
+                floor_raw_polls=floors["raw"].polls,
+                floor_qmp_rss_mib=floors["qmp"].rss_mib,
+                paired_cpu_pct=floors["qmp"].daemon_cpu_pct,
+                paired_raw_cpu_pct=floors["raw"].daemon_cpu_pct,
+                paired_polls=floors["qmp"].daemon_polls,
             )
         finally:
             if daemon is not None and daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
                 _wait_or_kill(daemon)
             fleet.close()
+            if floor_fleet is not None:
+                floor_fleet.close()
+
+
+class Paired(NamedTuple):
+    """A floor client's window, measured beside the running daemon."""
+
+    cpu_pct: float
+    polls: float
+    rss_mib: float
+    daemon_cpu_pct: float
+    daemon_polls: float
 
 
 def run_floor(
@@ -407,10 +448,14 @@ def run_floor(
     window_s: float,
     cores: set[int] | None,
     log: IO[str],
-) -> tuple[float, float, float]:
-    """A floor client (:mod:`benchmarks.scale_floor`) on the same fleet, sending the
-    daemon's rate of query-balloon and balloon commands: (CPU % of a core, polls/guest/s,
-    RSS MiB)."""
+    beside: tuple[subprocess.Popen[bytes], FleetProcess],
+) -> Paired:
+    """A floor client (:mod:`benchmarks.scale_floor`) on a fleet of its own, sending the
+    daemon's rate of query-balloon and balloon commands, pinned to the daemon's core while
+    the daemon keeps running (``beside``: the daemon and its fleet): both processes' CPU
+    over one window, so that the machine's speed, which drifts from minute to minute, is
+    the same for both."""
+    daemon, daemon_fleet = beside
     argv = [sys.executable, "-m", "benchmarks.scale_floor", str(sockets), mode]
     rates = [f"{result.commands_per_s:.3f}", f"{result.queries_per_s:.3f}"]
     client = FleetProcess.__new__(FleetProcess)
@@ -425,15 +470,25 @@ def run_floor(
         if ready.get("ready") != result.run.guests:
             raise RuntimeError(f"the {mode} floor connected to {ready}, not {result.run.guests}")
         time.sleep(FLOOR_WARMUP_S)
-        proc = Proc(client.proc.pid)
+        proc, daemon_proc = Proc(client.proc.pid), Proc(daemon.pid)
         client.ask("window")
-        cpu0, t0 = proc.cpu_s(), time.monotonic()
+        daemon_fleet.ask("window")
+        cpu0, daemon0, t0 = proc.cpu_s(), daemon_proc.cpu_s(), time.monotonic()
         time.sleep(window_s)
-        cpu1, t1 = proc.cpu_s(), time.monotonic()
+        cpu1, daemon1, t1 = proc.cpu_s(), daemon_proc.cpu_s(), time.monotonic()
+        if daemon.poll() is not None:
+            raise RuntimeError(f"balloond exited with status {daemon.returncode}")
         rss = proc.status_mib("VmRSS")
         report = client.ask("report")
-        polls = report["polls"] / report["window_s"] / result.run.guests
-        return 100 * (cpu1 - cpu0) / (t1 - t0), polls, rss
+        daemon_report = daemon_fleet.ask("report")
+        n = result.run.guests
+        return Paired(
+            cpu_pct=100 * (cpu1 - cpu0) / (t1 - t0),
+            polls=report["polls"] / report["window_s"] / n,
+            rss_mib=rss,
+            daemon_cpu_pct=100 * (daemon1 - daemon0) / (t1 - t0),
+            daemon_polls=daemon_report["stats_reads"] / daemon_report["window_s"] / n,
+        )
     finally:
         client.close()
         fleet.ask("status")  # the fleet still answers
@@ -663,16 +718,18 @@ def floor_table(results: Sequence[Result]) -> str:
         return "n/a" if value is None else format(value, fmt)
 
     head = (
-        "| guests | raw streams, % of a core | qemu.qmp floor, % | daemon, % | daemon / floor"
+        "| guests | qemu.qmp floor, % of a core | daemon beside it, % | daemon / floor"
+        " | raw streams, % | daemon beside it, % | daemon / raw | daemon alone, %"
         " | polls/guest/s raw / floor / daemon | daemon stats→command p50 / p99 ms"
         " | loop lag ms | scrape held the loop ms | RSS MiB daemon (qemu.qmp floor) |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     body = "".join(
-        f"| {r.run.label} | {opt(r.floor_raw_pct, '.1f')} | {opt(r.floor_qmp_pct, '.1f')} "
-        f"| {r.cpu_pct:.1f} | {opt(r.ratio, '.2f')} "
+        f"| {r.run.label} | {opt(r.floor_qmp_pct, '.1f')} | {opt(r.paired_cpu_pct, '.1f')} "
+        f"| {opt(r.ratio, '.2f')} | {opt(r.floor_raw_pct, '.1f')} "
+        f"| {opt(r.paired_raw_cpu_pct, '.1f')} | {opt(r.raw_ratio, '.2f')} | {r.cpu_pct:.1f} "
         f"| {opt(r.floor_raw_polls, '.2f')} / {opt(r.floor_qmp_polls, '.2f')} / "
-        f"{r.polls_per_guest_s:.2f} | {opt(r.p50_ms, '.1f')} / {opt(r.p99_ms, '.1f')} "
+        f"{opt(r.paired_polls, '.2f')} | {opt(r.p50_ms, '.1f')} / {opt(r.p99_ms, '.1f')} "
         f"| {opt(r.loop_lag_ms, '.0f')} | {opt(r.scrape_loop_ms, '.1f')} "
         f"| {r.rss_mib:.0f} ({opt(r.floor_qmp_rss_mib, '.0f')}) |\n"
         for r in rows
@@ -827,20 +884,26 @@ def main(
             "",
             f"Speed reference measured at the start of this run: {reference_s:.2f} s for 10 "
             "million additions in a Python loop (best of three; LAB.md saw 1.3 s on one of "
-            "these machines). These machines vary 2-3x from hour to hour, so the daemon is "
-            "measured against a floor on the same fleet in the same run: after each daemon "
-            "run marked below, the daemon stops and two clients take its place on the same "
-            "simulated guests, pinned to the same core, sending the traffic the daemon sent "
-            "(a `guest-stats` read per guest per second, and the daemon's measured rates of "
+            "these machines). These machines vary 2-3x from hour to hour, and by 10-20% from "
+            "one minute to the next, so the daemon is measured against a floor beside it: "
+            "in each run marked below, after the daemon's own window, two clients run in "
+            "turn on a second simulated fleet of the same size, pinned to the daemon's core "
+            "while the daemon keeps running, each sending the traffic the daemon sent (a "
+            "`guest-stats` read per guest per second, and the daemon's measured rates of "
             "`query-balloon` and `balloon`): a bare qemu.qmp `QMPClient` trimmed as the "
             "daemon trims it (no event history, no pretty-printed debug copies), the floor "
             "for anything built on qemu.qmp, and raw asyncio streams writing and reading "
-            "JSON lines, about the least Python can spend on it (`benchmarks/scale_floor.py`).",
+            "JSON lines, about the least Python can spend on it (`benchmarks/scale_floor.py`). "
+            f"The daemon's CPU and the floor's are read over the same {settings.window_s:g} s "
+            "window, so a minute in which the machine runs slow counts against both.",
             "",
             floor_table(results),
-            "- **daemon / floor**: the daemon's CPU as a multiple of the qemu.qmp floor's: "
-            "what the daemon costs on top of the QMP traffic it has to make (decisions, "
-            "books, timeouts, audit records and log lines, its other tasks). **scrape held "
+            "- **daemon / floor**: the daemon's CPU as a multiple of the qemu.qmp floor's, "
+            "both over the same window: what the daemon costs on top of the QMP traffic it "
+            "has to make (decisions, books, timeouts, audit records and log lines, its other "
+            "tasks). **daemon alone**: its CPU over its own window, before the floors ran "
+            "(the latencies, lag and RSS are from that window too). **polls/guest/s** of the "
+            "daemon: over the qemu.qmp floor's window. **scrape held "
             "the loop**: the longest stretch a `/metrics` scrape kept the daemon's event loop "
             "busy (its own `balloond_scrape_loop_seconds`; a scrape writes a hundred guests, "
             "or one family of series, per turn of the loop).",
