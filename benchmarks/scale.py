@@ -172,22 +172,35 @@ class Result:
     #: by side), and over the raw floor's: what each ratio is taken from.
     paired_cpu_pct: float | None = None
     paired_raw_cpu_pct: float | None = None
-    #: The daemon's polls per guest per second over the qemu.qmp floor's window.
+    #: The daemon's polls per guest per second over the qemu.qmp floor's window, and over
+    #: the raw floor's.
     paired_polls: float | None = None
+    paired_raw_polls: float | None = None
 
     @property
     def ratio(self) -> float | None:
-        """The daemon's CPU as a multiple of the qemu.qmp floor's, over the same window."""
-        if self.floor_qmp_pct is None or self.floor_qmp_pct <= 0 or self.paired_cpu_pct is None:
-            return None
-        return self.paired_cpu_pct / self.floor_qmp_pct
+        """The daemon's CPU per poll as a multiple of the qemu.qmp floor's, over the same
+        window (per poll: the same traffic, should either fall behind)."""
+        return _per_poll_ratio(
+            self.paired_cpu_pct, self.paired_polls, self.floor_qmp_pct, self.floor_qmp_polls
+        )
 
     @property
     def raw_ratio(self) -> float | None:
-        """The daemon's CPU as a multiple of the raw-streams floor's, over the same window."""
-        if self.floor_raw_pct is None or self.floor_raw_pct <= 0 or self.paired_raw_cpu_pct is None:
-            return None
-        return self.paired_raw_cpu_pct / self.floor_raw_pct
+        """The same against the raw-streams floor."""
+        return _per_poll_ratio(
+            self.paired_raw_cpu_pct, self.paired_raw_polls, self.floor_raw_pct, self.floor_raw_polls
+        )
+
+
+def _per_poll_ratio(
+    cpu_pct: float | None, polls: float | None, floor_pct: float | None, floor_polls: float | None
+) -> float | None:
+    if cpu_pct is None or polls is None or floor_pct is None or floor_polls is None:
+        return None
+    if polls <= 0 or floor_pct <= 0 or floor_polls <= 0:
+        return None
+    return (cpu_pct / polls) / (floor_pct / floor_polls)
 
 
 # --- processes -------------------------------------------------------------------------
@@ -419,6 +432,7 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                 paired_cpu_pct=floors["qmp"].daemon_cpu_pct,
                 paired_raw_cpu_pct=floors["raw"].daemon_cpu_pct,
                 paired_polls=floors["qmp"].daemon_polls,
+                paired_raw_polls=floors["raw"].daemon_polls,
             )
         finally:
             if daemon is not None and daemon.poll() is None:
@@ -898,8 +912,9 @@ def main(
             "window, so a minute in which the machine runs slow counts against both.",
             "",
             floor_table(results),
-            "- **daemon / floor**: the daemon's CPU as a multiple of the qemu.qmp floor's, "
-            "both over the same window: what the daemon costs on top of the QMP traffic it "
+            "- **daemon / floor**: the daemon's CPU per poll as a multiple of the qemu.qmp "
+            "floor's, both over the same window (per poll, so that a side that fell behind "
+            "is judged for the same traffic): what the daemon costs on top of the QMP traffic it "
             "has to make (decisions, books, timeouts, audit records and log lines, its other "
             "tasks). **daemon alone**: its CPU over its own window, before the floors ran "
             "(the latencies, lag and RSS are from that window too). **polls/guest/s** of the "
