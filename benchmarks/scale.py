@@ -416,11 +416,14 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                     beside=(daemon, fleet),
                 )
                 paired = floors[mode]
+                per_poll = _per_poll_ratio(
+                    paired.daemon_cpu_pct, paired.daemon_polls, paired.cpu_pct, paired.polls
+                )
                 progress(
                     f"  {run.label} guests, {mode} floor beside the daemon: floor CPU "
                     f"{paired.cpu_pct:.1f}% ({paired.polls:.2f} polls/guest/s), daemon CPU "
                     f"{paired.daemon_cpu_pct:.1f}% ({paired.daemon_polls:.2f} polls/guest/s): "
-                    f"{paired.daemon_cpu_pct / max(paired.cpu_pct, 0.01):.2f}x"
+                    f"{per_poll or 0.0:.2f}x per poll"
                 )
             return dataclasses.replace(
                 result,
