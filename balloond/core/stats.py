@@ -1,7 +1,8 @@
 """Typed records of what balloond observes: guest balloon stats and host memory.
 
 These are plain values shared by the QMP adapter (which fills them), the policy engine
-(which reads them) and the simulator; nothing changes one once made. Amounts of memory are bytes; counters are counts.
+(which reads them) and the simulator; nothing changes one once made. Amounts of memory are
+bytes; counters are counts.
 """
 
 from __future__ import annotations
