@@ -135,6 +135,26 @@ QUICK = Settings(
 )
 
 
+class Paired(NamedTuple):
+    """A floor client's window, measured beside the running daemon: the client's CPU % of
+    a core, polls/guest/s and RSS (what its connections cost), and the daemon's CPU and
+    polls over the same window."""
+
+    cpu_pct: float
+    polls: float
+    rss_mib: float
+    daemon_cpu_pct: float
+    daemon_polls: float
+
+    @property
+    def ratio(self) -> float | None:
+        """The daemon's CPU per poll as a multiple of the client's (per poll: the same
+        traffic, should either fall behind)."""
+        if self.polls <= 0 or self.daemon_polls <= 0 or self.cpu_pct <= 0:
+            return None
+        return (self.daemon_cpu_pct / self.daemon_polls) / (self.cpu_pct / self.polls)
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     """One run's numbers."""
@@ -158,49 +178,17 @@ class Result:
     sim_lag_p99_ms: float | None
     #: query-balloon commands per second the daemon sent (the floor clients send as many).
     queries_per_s: float = 0.0
-    #: The floor on the same fleet, in the same run: CPU % of a core and polls/guest/s of
-    #: a bare qemu.qmp client and of a raw-streams client doing the daemon's traffic.
-    floor_qmp_pct: float | None = None
-    floor_qmp_polls: float | None = None
-    floor_raw_pct: float | None = None
-    floor_raw_polls: float | None = None
-    #: The qemu.qmp floor client's RSS: what its connections cost, without the daemon.
-    floor_qmp_rss_mib: float | None = None
     #: How long the last /metrics scrape held the daemon's event loop.
     scrape_loop_ms: float | None = None
-    #: The daemon's CPU % of a core over the qemu.qmp floor's window (the two running side
-    #: by side), and over the raw floor's: what each ratio is taken from.
-    paired_cpu_pct: float | None = None
-    paired_raw_cpu_pct: float | None = None
-    #: The daemon's polls per guest per second over the qemu.qmp floor's window, and over
-    #: the raw floor's.
-    paired_polls: float | None = None
-    paired_raw_polls: float | None = None
+    #: The floor beside the daemon, in the same run: a bare qemu.qmp client and a
+    #: raw-streams client doing the daemon's traffic.
+    beside_qmp: Paired | None = None
+    beside_raw: Paired | None = None
 
     @property
     def ratio(self) -> float | None:
-        """The daemon's CPU per poll as a multiple of the qemu.qmp floor's, over the same
-        window (per poll: the same traffic, should either fall behind)."""
-        return _per_poll_ratio(
-            self.paired_cpu_pct, self.paired_polls, self.floor_qmp_pct, self.floor_qmp_polls
-        )
-
-    @property
-    def raw_ratio(self) -> float | None:
-        """The same against the raw-streams floor."""
-        return _per_poll_ratio(
-            self.paired_raw_cpu_pct, self.paired_raw_polls, self.floor_raw_pct, self.floor_raw_polls
-        )
-
-
-def _per_poll_ratio(
-    cpu_pct: float | None, polls: float | None, floor_pct: float | None, floor_polls: float | None
-) -> float | None:
-    if cpu_pct is None or polls is None or floor_pct is None or floor_polls is None:
-        return None
-    if polls <= 0 or floor_pct <= 0 or floor_polls <= 0:
-        return None
-    return (cpu_pct / polls) / (floor_pct / floor_polls)
+        """The daemon's CPU per poll as a multiple of the qemu.qmp floor's."""
+        return None if self.beside_qmp is None else self.beside_qmp.ratio
 
 
 # --- processes -------------------------------------------------------------------------
@@ -416,27 +404,13 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                     beside=(daemon, fleet),
                 )
                 paired = floors[mode]
-                per_poll = _per_poll_ratio(
-                    paired.daemon_cpu_pct, paired.daemon_polls, paired.cpu_pct, paired.polls
-                )
                 progress(
                     f"  {run.label} guests, {mode} floor beside the daemon: floor CPU "
                     f"{paired.cpu_pct:.1f}% ({paired.polls:.2f} polls/guest/s), daemon CPU "
                     f"{paired.daemon_cpu_pct:.1f}% ({paired.daemon_polls:.2f} polls/guest/s): "
-                    f"{per_poll or 0.0:.2f}x per poll"
+                    f"{paired.ratio or 0.0:.2f}x per poll"
                 )
-            return dataclasses.replace(
-                result,
-                floor_qmp_pct=floors["qmp"].cpu_pct,
-                floor_qmp_polls=floors["qmp"].polls,
-                floor_raw_pct=floors["raw"].cpu_pct,
-                floor_raw_polls=floors["raw"].polls,
-                floor_qmp_rss_mib=floors["qmp"].rss_mib,
-                paired_cpu_pct=floors["qmp"].daemon_cpu_pct,
-                paired_raw_cpu_pct=floors["raw"].daemon_cpu_pct,
-                paired_polls=floors["qmp"].daemon_polls,
-                paired_raw_polls=floors["raw"].daemon_polls,
-            )
+            return dataclasses.replace(result, beside_qmp=floors["qmp"], beside_raw=floors["raw"])
         finally:
             if daemon is not None and daemon.poll() is None:
                 daemon.send_signal(signal.SIGTERM)
@@ -444,16 +418,6 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
             fleet.close()
             if floor_fleet is not None:
                 floor_fleet.close()
-
-
-class Paired(NamedTuple):
-    """A floor client's window, measured beside the running daemon."""
-
-    cpu_pct: float
-    polls: float
-    rss_mib: float
-    daemon_cpu_pct: float
-    daemon_polls: float
 
 
 def run_floor(
@@ -727,7 +691,11 @@ def table(results: Sequence[Result]) -> str:
 
 def floor_table(results: Sequence[Result]) -> str:
     """The daemon against the floor clients on the same fleet, in the same run."""
-    rows = [r for r in results if r.floor_qmp_pct is not None]
+    rows = [
+        (r, r.beside_qmp, r.beside_raw)
+        for r in results
+        if r.beside_qmp is not None and r.beside_raw is not None
+    ]
     if not rows:
         return ""
 
@@ -742,14 +710,14 @@ def floor_table(results: Sequence[Result]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     body = "".join(
-        f"| {r.run.label} | {opt(r.floor_qmp_pct, '.1f')} | {opt(r.paired_cpu_pct, '.1f')} "
-        f"| {opt(r.ratio, '.2f')} | {opt(r.floor_raw_pct, '.1f')} "
-        f"| {opt(r.paired_raw_cpu_pct, '.1f')} | {opt(r.raw_ratio, '.2f')} | {r.cpu_pct:.1f} "
-        f"| {opt(r.floor_raw_polls, '.2f')} / {opt(r.floor_qmp_polls, '.2f')} / "
-        f"{opt(r.paired_polls, '.2f')} | {opt(r.p50_ms, '.1f')} / {opt(r.p99_ms, '.1f')} "
+        f"| {r.run.label} | {q.cpu_pct:.1f} | {q.daemon_cpu_pct:.1f} | {opt(q.ratio, '.2f')} "
+        f"| {raw.cpu_pct:.1f} | {raw.daemon_cpu_pct:.1f} | {opt(raw.ratio, '.2f')} "
+        f"| {r.cpu_pct:.1f} "
+        f"| {raw.polls:.2f} / {q.polls:.2f} / {q.daemon_polls:.2f} "
+        f"| {opt(r.p50_ms, '.1f')} / {opt(r.p99_ms, '.1f')} "
         f"| {opt(r.loop_lag_ms, '.0f')} | {opt(r.scrape_loop_ms, '.1f')} "
-        f"| {r.rss_mib:.0f} ({opt(r.floor_qmp_rss_mib, '.0f')}) |\n"
-        for r in rows
+        f"| {r.rss_mib:.0f} ({q.rss_mib:.0f}) |\n"
+        for r, q, raw in rows
     )
     return head + body
 
@@ -769,7 +737,7 @@ def verdict(results: Sequence[Result], *, quick: bool) -> list[str]:
 
     lines = []
     for r in results:
-        if r.floor_qmp_pct is not None and r.run.guests in (1_000, TARGET_GUESTS):
+        if r.beside_qmp is not None and r.run.guests in (1_000, TARGET_GUESTS):
             lines.append(
                 line(f"daemon CPU / qemu.qmp floor, {r.run.label} guests", r.ratio,
                      TARGET_RATIO, "x")
@@ -823,9 +791,9 @@ def chart(results: Sequence[Result], path: Path) -> None:
     if idle:
         cpu.plot([r.run.guests for r in idle], [r.cpu_pct for r in idle], "x", ms=8,
                  color="tab:green", label="daemon, idle guests")  # fmt: skip
-    floored = [r for r in busy if r.floor_qmp_pct is not None]
+    floored = [(r.run.guests, r.beside_qmp.cpu_pct) for r in busy if r.beside_qmp is not None]
     if floored:
-        cpu.plot([r.run.guests for r in floored], [r.floor_qmp_pct or 0.0 for r in floored],
+        cpu.plot([n for n, _ in floored], [pct for _, pct in floored],
                  "v:", color="tab:purple", label="qemu.qmp floor")  # fmt: skip
     cpu.set(title="CPU, % of one core", xlabel="guests")
     mem.plot(xs, [r.rss_mib for r in busy], "o-", label="RSS")
