@@ -459,15 +459,6 @@ class QmpLink:
         return stats
 
     def _judge_driver(self, stats: BalloonStats) -> None:
-        if (
-            self._state is LinkState.ACTIVE
-            and stats.last_update != self._last_stats_update
-            and stats.valid
-        ):
-            # The steady state, on every poll: a fresh report from an active guest leaves
-            # the state as it is (driver_verdict's first rule, without its call).
-            self._last_stats_update = stats.last_update
-            return
         verdict = driver_verdict(
             self._state,
             stats,
