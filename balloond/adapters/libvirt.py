@@ -48,6 +48,7 @@ import libvirt
 import libvirtaio
 
 from balloond.adapters.discovery import GuestSpec, Way
+from balloond.adapters.linkbase import LinkBase
 from balloond.core.errors import (
     DisconnectedError,
     LinkError,
@@ -55,7 +56,7 @@ from balloond.core.errors import (
     NoBalloonError,
     QMPCommandError,
 )
-from balloond.core.link import NO_SESSION, LinkEvent, LinkState, driver_verdict
+from balloond.core.link import LinkEvent, LinkState
 from balloond.core.stats import BalloonStats
 from balloond.core.units import KiB, parse_size
 from balloond.runtime.aio import backoff_s, sleep_unless
@@ -403,7 +404,7 @@ class LibvirtSource:
             link.balloon_changed(actual_kib * KiB)
 
 
-class LibvirtLink:
+class LibvirtLink(LinkBase):
     """One libvirt domain as a guest link. Calls go through its source's executor."""
 
     way = "libvirt"
@@ -417,61 +418,19 @@ class LibvirtLink:
         driver_grace_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.name = name
+        super().__init__(name, driver_grace_s=driver_grace_s, clock=clock)
         self.domain = domain
         self.source = source
-        self.driver_grace_s = driver_grace_s
-        self.log = logging.getLogger(f"balloond.guest.{name}")
-        self._clock = clock
-        self.on_event: Callable[[LinkEvent], None] | None = None
-        self.deflate_on_oom: bool | None = None
-        self.free_page_reporting: bool | None = None
-        self.errors_total = 0
-        self.timeouts_total = 0
-        self._state = LinkState.IDLE
-        self._state_before_hang = LinkState.PROBING
         self._dom: libvirt.virDomain | None = None
         self._generation = -1
-        self._boot_bytes: int | None = None
         self._has_balloon = False
-        self._stats_enabled_at: float | None = None
-        self._last_stats_update = 0
-        self._actual_bytes: int | None = None
-        self._has_disks: bool | None = None
 
     def __repr__(self) -> str:
         return f"<LibvirtLink {self.name} {self._state.value} {self.address}>"
 
     @property
-    def state(self) -> LinkState:
-        return self._state
-
-    @property
     def address(self) -> str:
         return f"{self.source.uri} {self.domain}"
-
-    @property
-    def boot_bytes(self) -> int | None:
-        return self._boot_bytes
-
-    def session(self, *, timeout_s: float) -> contextlib.AbstractAsyncContextManager[None]:
-        return NO_SESSION
-
-    def _set_state(self, new: LinkState, why: str = "") -> None:
-        old = self._state
-        if new is old:
-            return
-        self._state = new
-        if new is LinkState.HUNG:
-            self._state_before_hang = old
-        trouble = new in (
-            LinkState.NO_DEVICE,
-            LinkState.NO_DRIVER,
-            LinkState.HUNG,
-            LinkState.DISCONNECTED,
-        )
-        level = logging.WARNING if trouble else logging.INFO
-        self.log.log(level, "link %s -> %s%s", old.value, new.value, f": {why}" if why else "")
 
     # --- from the source ------------------------------------------------------------------
     def lost(self, why: str) -> None:
@@ -542,19 +501,6 @@ class LibvirtLink:
         else:
             self._set_state(LinkState.PROBING, "memballoon found")
 
-    async def connect_with_retry(self, *, attempt_timeout_s: float, stop: asyncio.Event) -> bool:
-        attempt = 0
-        while not stop.is_set():
-            attempt += 1
-            try:
-                await self.connect(timeout_s=attempt_timeout_s)
-                return True
-            except (LinkError, QMPCommandError) as exc:
-                if attempt == 1 or attempt % 10 == 0:
-                    self.log.info("connect attempt %d failed: %s", attempt, exc)
-            await sleep_unless(stop, backoff_s(attempt - 1, initial_s=0.2, cap_s=30.0))
-        return False
-
     async def close(self) -> None:
         self._dom = None
         self._set_state(LinkState.CLOSED)
@@ -581,8 +527,7 @@ class LibvirtLink:
         except QMPCommandError:
             self.errors_total += 1
             raise
-        if self._state is LinkState.HUNG:
-            self._set_state(self._state_before_hang, f"{what} answered again")
+        self._answered(what)
         return result
 
     def _require_balloon(self) -> None:
@@ -618,20 +563,6 @@ class LibvirtLink:
             self._actual_bytes = actual * KiB
         self._judge_driver(stats)
         return stats
-
-    def _judge_driver(self, stats: BalloonStats) -> None:
-        verdict = driver_verdict(
-            self._state,
-            stats,
-            reported_before=self._last_stats_update,
-            enabled_at=self._stats_enabled_at,
-            now_s=self._clock(),
-            grace_s=self.driver_grace_s,
-        )
-        if stats.valid:
-            self._last_stats_update = stats.last_update
-        if verdict is not None:
-            self._set_state(*verdict)
 
     async def current_actual(self, *, timeout_s: float) -> int:
         """``actual`` from the memoryStats this cycle read, unless the balloon moved since

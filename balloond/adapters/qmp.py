@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.message import Message
 
+from balloond.adapters.linkbase import LinkBase
 from balloond.core.errors import (
     DisconnectedError,
     LinkError,
@@ -44,9 +45,9 @@ from balloond.core.errors import (
     NoBalloonError,
     QMPCommandError,
 )
-from balloond.core.link import NO_SESSION, LinkEvent, LinkState, driver_verdict
+from balloond.core.link import NO_SESSION, LinkEvent, LinkState
 from balloond.core.stats import BalloonStats
-from balloond.runtime.aio import Deadline, backoff_s, sleep_unless
+from balloond.runtime.aio import Deadline
 
 __all__ = ["NO_SESSION", "QmpLink", "SharedQmpLink", "silence_qmp_library_logs"]
 
@@ -98,7 +99,7 @@ def silence_qmp_library_logs(level: int = logging.CRITICAL) -> None:
     logging.getLogger("qemu.qmp").setLevel(level)
 
 
-class QmpLink:
+class QmpLink(LinkBase):
     """One guest's QMP link. Create one per guest; call :meth:`connect` (again after a
     disconnect), then the query and command methods, each with its own timeout.
 
@@ -121,48 +122,28 @@ class QmpLink:
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[LinkEvent], None] | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, driver_grace_s=driver_grace_s, clock=clock)
         self.socket_path = Path(socket_path)
-        self.driver_grace_s = driver_grace_s
-        self.log = logging.getLogger(f"balloond.guest.{name}")
-        self._clock = clock
         self.on_event = on_event
-        self._state = LinkState.IDLE
         self._client: _Client | None = None
         #: The loop the link connected in (its calls' deadlines run on it).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._balloon_path: str | None = None
         #: The arguments of the guest-stats read (qom-get of the balloon's guest-stats).
         self._stats_read: dict[str, object] | None = None
-        self._boot_bytes: int | None = None
-        #: The balloon device's properties, read at each connect (None: unknown).
-        self.deflate_on_oom: bool | None = None
-        self.free_page_reporting: bool | None = None
         self._stats_interval_s: int | None = None
-        self._stats_enabled_at: float | None = None
-        self._last_stats_update = 0
-        #: The guest's size as last heard (query-balloon or BALLOON_CHANGE); None: ask.
-        self._actual_bytes: int | None = None
+        #: BALLOON_CHANGE events heard, and when the last came (``actual`` is as last
+        #: heard from query-balloon or such an event).
         self._balloon_events = 0
         self._balloon_event_s = -math.inf
-        self._state_before_hang = LinkState.PROBING
-        #: Whether the guest has block devices to count reads on; None: not asked yet.
-        self._has_disks: bool | None = None
         #: Events for :meth:`events`, made only for a link without a callback (a queue is
         #: a few KiB, and the daemon's links have a callback).
         self._event_queue: asyncio.Queue[LinkEvent | None] | None = None
-        #: Counters for metrics: QMP errors of any kind, and timeouts.
-        self.errors_total = 0
-        self.timeouts_total = 0
 
     def __repr__(self) -> str:
         return f"<QmpLink {self.name} {self._state.value} {self.socket_path}>"
 
     # --- state ---------------------------------------------------------------------------
-    @property
-    def state(self) -> LinkState:
-        return self._state
-
     @property
     def address(self) -> str:
         """The QMP socket's path."""
@@ -173,26 +154,7 @@ class QmpLink:
         """QOM path of the balloon device, once found (e.g. /machine/peripheral/balloon0)."""
         return self._balloon_path
 
-    @property
-    def boot_bytes(self) -> int | None:
-        """Guest RAM at boot, read on connect (query-memory-size-summary base-memory)."""
-        return self._boot_bytes
-
-    def _set_state(self, new: LinkState, why: str = "") -> None:
-        old = self._state
-        if new is old:
-            return
-        self._state = new
-        if new is LinkState.HUNG:
-            self._state_before_hang = old
-        level = logging.WARNING if new in _TROUBLE else logging.INFO
-        self.log.log(level, "link %s -> %s%s", old.value, new.value, f": {why}" if why else "")
-
     # --- connection ----------------------------------------------------------------------
-    def session(self, *, timeout_s: float) -> contextlib.AbstractAsyncContextManager[None]:
-        """The link is held for good: a cycle needs no session of its own."""
-        return NO_SESSION
-
     async def connect(self, *, timeout_s: float) -> None:
         """Connect once, find the balloon device and re-apply the stats interval.
 
@@ -227,33 +189,6 @@ class QmpLink:
             await self._drop_client()
             self._set_state(LinkState.DISCONNECTED, "unexpected reply during discovery")
             raise
-
-    async def connect_with_retry(
-        self,
-        *,
-        attempt_timeout_s: float,
-        stop: asyncio.Event,
-        initial_backoff_s: float = 0.2,
-        max_backoff_s: float = 30.0,
-    ) -> bool:
-        """Connect, retrying with capped, randomised exponential backoff.
-
-        Returns True once connected, False if ``stop`` was set first.
-        """
-        attempt = 0
-        while not stop.is_set():
-            attempt += 1
-            try:
-                await self.connect(timeout_s=attempt_timeout_s)
-                return True
-            except LinkError as exc:
-                # Log the first failure and then every tenth: a guest that stays away
-                # must not fill the journal.
-                if attempt == 1 or attempt % 10 == 0:
-                    self.log.info("connect attempt %d failed: %s", attempt, exc)
-            delay = backoff_s(attempt - 1, initial_s=initial_backoff_s, cap_s=max_backoff_s)
-            await sleep_unless(stop, delay)
-        return False
 
     async def close(self) -> None:
         """Disconnect and stop; the link cannot be used again."""
@@ -367,8 +302,7 @@ class QmpLink:
         except DisconnectedError:
             await self._lost(what)
             raise
-        if self._state is LinkState.HUNG:
-            self._set_state(self._state_before_hang, f"{what} answered again")
+        self._answered(what)
         return result
 
     async def _exec(
@@ -395,7 +329,7 @@ class QmpLink:
             raise error from exc
         deadline.disarm()
         if self._state is LinkState.HUNG:
-            self._set_state(self._state_before_hang, f"{what} answered again")
+            self._answered(what)
         return result
 
     async def execute(
@@ -457,20 +391,6 @@ class QmpLink:
             raise QMPCommandError(f"{self.name}: odd guest-stats reply: {exc}") from exc
         self._judge_driver(stats)
         return stats
-
-    def _judge_driver(self, stats: BalloonStats) -> None:
-        verdict = driver_verdict(
-            self._state,
-            stats,
-            reported_before=self._last_stats_update,
-            enabled_at=self._stats_enabled_at,
-            now_s=self._clock(),
-            grace_s=self.driver_grace_s,
-        )
-        if stats.valid:
-            self._last_stats_update = stats.last_update
-        if verdict is not None:
-            self._set_state(*verdict)
 
     async def current_actual(self, *, timeout_s: float) -> int:
         """The guest's logical size now, without a QMP call when it cannot have changed.
@@ -665,11 +585,6 @@ def _socket_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-_TROUBLE = frozenset(
-    {LinkState.NO_DEVICE, LinkState.NO_DRIVER, LinkState.HUNG, LinkState.DISCONNECTED}
-)
 
 
 def _read_bytes(reply: Any) -> int | None:
