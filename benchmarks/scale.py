@@ -246,6 +246,27 @@ class FleetProcess:
         _wait_or_kill(self.proc)
 
 
+def start_daemon(config: Path, *, log: IO[str], cores: set[int] | None) -> subprocess.Popen[bytes]:
+    """``balloond run`` on ``config``, its log to ``log``, pinned to ``cores`` if given."""
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "balloond", "run", "--config", str(config)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    if cores:
+        os.sched_setaffinity(daemon.pid, cores)
+    return daemon
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd stops it; killed if it does not end in time."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        _wait_or_kill(daemon)
+
+
 def _wait_or_kill(proc: subprocess.Popen[Any]) -> None:
     try:
         proc.wait(STOP_S)
@@ -368,15 +389,7 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
             port = free_port()
             config = write_config(work, sockets, port, way=run.way)
             started = time.monotonic()
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "balloond", "run", "--config", str(config)],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=daemon_log,
-            )
-            if daemon_cores:
-                os.sched_setaffinity(daemon.pid, daemon_cores)
+            daemon = start_daemon(config, log=daemon_log, cores=daemon_cores)
             startup_s = _wait_all_polled(fleet, daemon, n=run.guests, started=started)
             progress(f"  {run.label} guests: every guest polled after {startup_s:.1f}s; settling")
             time.sleep(settings.warmup_s)
@@ -412,9 +425,8 @@ def run_one(run: Run, *, settings: Settings, progress: Progress, logs: Path) -> 
                 )
             return dataclasses.replace(result, beside_qmp=floors["qmp"], beside_raw=floors["raw"])
         finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                _wait_or_kill(daemon)
+            if daemon is not None:
+                stop_daemon(daemon)
             fleet.close()
             if floor_fleet is not None:
                 floor_fleet.close()
@@ -508,15 +520,7 @@ def run_libvirt(run: Run, *, settings: Settings, progress: Progress, logs: Path)
             port = free_port()
             config = write_config(work, work, port, way="libvirt", uri=uri)
             started = time.monotonic()
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "balloond", "run", "--config", str(config)],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=daemon_log,
-            )
-            if daemon_cores:
-                os.sched_setaffinity(daemon.pid, daemon_cores)
+            daemon = start_daemon(config, log=daemon_log, cores=daemon_cores)
             while _active(port) < run.guests:
                 if daemon.poll() is not None:
                     raise RuntimeError(f"balloond exited with status {daemon.returncode}")
@@ -562,9 +566,8 @@ def run_libvirt(run: Run, *, settings: Settings, progress: Progress, logs: Path)
             )
             return result
         finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.send_signal(signal.SIGTERM)
-                _wait_or_kill(daemon)
+            if daemon is not None:
+                stop_daemon(daemon)
             asyncio.run(libvirtd.stop())
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import random
@@ -36,6 +35,7 @@ from typing import Any
 
 from balloond.core.units import GiB
 from balloond.replay.traces import diurnal, idle
+from benchmarks.pipe import answer_requests, say
 from testkit.sim import SimFleet, SimGuestSpec, Trace
 from testkit.sim import commands as sim_commands
 from testkit.sim.qmp_server import SimGuest
@@ -168,13 +168,6 @@ def _quantile(values: list[float], q: float) -> float:
 async def serve(directory: Path, n: int, workload: str) -> None:
     watch = Stopwatch()
     watch.install()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    def say(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
 
     async with SimFleet(dir=directory, guests=guest_specs(n, workload)) as fleet:
         # The fleet's objects (models, traces, sockets) live as long as the process: keep
@@ -184,26 +177,22 @@ async def serve(directory: Path, n: int, workload: str) -> None:
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
         probe = asyncio.create_task(watch.probe(), name="fleet:lag-probe")
+
+        def status() -> dict[str, Any]:
+            return {
+                "connected": sum(1 for g in fleet if g.has_client),
+                "polled": len(watch.polled),
+                "stats_reads": watch.stats_reads,
+                "commands": watch.commands,
+            }
+
+        def window() -> dict[str, Any]:
+            watch.start_window()
+            return {"ok": True}
+
         say({"ready": len(fleet)})
         try:
-            while line := await reader.readline():
-                op = json.loads(line)["op"]
-                if op == "status":
-                    say(
-                        {
-                            "connected": sum(1 for g in fleet if g.has_client),
-                            "polled": len(watch.polled),
-                            "stats_reads": watch.stats_reads,
-                            "commands": watch.commands,
-                        }
-                    )
-                elif op == "window":
-                    watch.start_window()
-                    say({"ok": True})
-                elif op == "report":
-                    say(watch.report())
-                elif op == "quit":
-                    break
+            await answer_requests({"status": status, "window": window, "report": watch.report})
         finally:
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)

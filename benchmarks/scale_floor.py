@@ -35,6 +35,8 @@ from typing import Any
 from qemu.qmp import QMPClient
 from qemu.qmp.message import Message
 
+from benchmarks.pipe import answer_requests, say
+
 STATS_ARGS = {"path": "/machine/peripheral/balloon0", "property": "guest-stats"}
 #: Balloon targets the floor picks from: between half and all of a simulated guest's 1 GiB,
 #: so that its commands move balloons as the daemon's do (and QEMU's BALLOON_CHANGE events
@@ -93,6 +95,13 @@ class Floor:
         self.polls = 0
         self.window_started = time.monotonic()
 
+    def start_window(self) -> dict[str, Any]:
+        self.polls, self.window_started = 0, time.monotonic()
+        return {"ok": True}
+
+    def report(self) -> dict[str, Any]:
+        return {"polls": self.polls, "window_s": time.monotonic() - self.window_started}
+
     async def guest(self, call: Call, rng: random.Random) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time() + rng.uniform(0, 1.0)
@@ -116,25 +125,9 @@ async def run(sockets: list[Path], mode: str, commands_per_s: float, queries_per
     ]
     gc.collect()
     gc.freeze()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-
-    def say(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
     say({"ready": len(calls)})
     try:
-        while line := await reader.readline():
-            op = json.loads(line)["op"]
-            if op == "window":
-                floor.polls, floor.window_started = 0, time.monotonic()
-                say({"ok": True})
-            elif op == "report":
-                say({"polls": floor.polls, "window_s": time.monotonic() - floor.window_started})
-            elif op == "quit":
-                break
+        await answer_requests({"window": floor.start_window, "report": floor.report})
     finally:
         for task in tasks:
             task.cancel()
