@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,6 +19,9 @@ from balloond.core.errors import DisconnectedError
 from balloond.core.link import LinkState
 from balloond.core.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
 from balloond.core.units import GiB, MiB, fmt_size, parse_percent, parse_size
+from testkit.sim import SimFleet, SimGuestSpec
+from testkit.sim import commands as sim_commands
+from testkit.sim.qmp_server import SimGuest
 
 
 @pytest.mark.parametrize(
@@ -172,3 +177,30 @@ async def test_nothing_listening_is_a_clear_disconnect(tmp_path: Path) -> None:
     stop.set()
     assert await link.connect_with_retry(attempt_timeout_s=1.0, stop=stop) is False
     await link.close()
+
+
+async def test_a_guest_that_answers_oddly_while_set_up_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An odd reply during the connect's discovery is a failed attempt, retried with
+    backoff like a guest that is not there yet; it does not end the guest's loop."""
+    params, real = sim_commands.COMMANDS["query-memory-size-summary"]
+    odd_replies = [{"base-memory": "lots"}, {}]
+
+    def sometimes_odd(guest: SimGuest, session: sim_commands.Session, args: Any) -> Any:
+        return odd_replies.pop(0) if odd_replies else real(guest, session, args)
+
+    monkeypatch.setitem(sim_commands.COMMANDS, "query-memory-size-summary", (params, sometimes_odd))
+    with tempfile.TemporaryDirectory(prefix="odd", dir="/tmp") as tmp:
+        async with SimFleet(dir=tmp, guests=[SimGuestSpec("odd", GiB)]) as fleet:
+            link = QmpLink("odd", fleet.socket_path("odd"))
+            try:
+                ok = await link.connect_with_retry(
+                    attempt_timeout_s=5.0, stop=asyncio.Event(), initial_backoff_s=0.01
+                )
+                assert ok
+                assert not odd_replies
+                assert link.boot_bytes == GiB
+                assert link.state is LinkState.PROBING
+            finally:
+                await link.close()
