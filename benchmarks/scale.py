@@ -151,8 +151,8 @@ class Paired(NamedTuple):
     daemon_cpu_pct: float
     daemon_polls: float
     #: The daemon's fleet's CPU and the floor's fleet's, % of a core.
-    fleets_cpu_pct: tuple[float, float] = (0.0, 0.0)
-    fleets_lag_p99_ms: float = 0.0
+    fleets_cpu_pct: tuple[float, float]
+    fleets_lag_p99_ms: float
 
     @property
     def steady(self) -> bool:

@@ -34,7 +34,15 @@ def _ratio_line(paired: Paired) -> str:
 
 
 def test_a_steady_window_is_judged_per_poll() -> None:
-    paired = Paired(cpu_pct=12.0, polls=1.0, rss_mib=47.0, daemon_cpu_pct=15.0, daemon_polls=1.0)
+    paired = Paired(
+        cpu_pct=12.0,
+        polls=1.0,
+        rss_mib=47.0,
+        daemon_cpu_pct=15.0,
+        daemon_polls=1.0,
+        fleets_cpu_pct=(15.0, 14.0),
+        fleets_lag_p99_ms=8.0,
+    )
     assert paired.steady
     assert paired.ratio == 1.25
     assert _ratio_line(paired).endswith(": met")

@@ -328,7 +328,7 @@ class QmpLink(LinkBase):
                 await self._lost(what)
             raise error from exc
         deadline.disarm()
-        if self._state is LinkState.HUNG:
+        if self._state is LinkState.HUNG:  # checked here: no call on every poll's path
             self._answered(what)
         return result
 
