@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import tempfile
 from pathlib import Path
@@ -204,3 +205,68 @@ async def test_a_guest_that_answers_oddly_while_set_up_is_tried_again(
                 assert link.state is LinkState.PROBING
             finally:
                 await link.close()
+
+
+async def test_the_qmp_client_answers_and_refuses_as_qemu_qmp_does(tmp_path: Path) -> None:
+    """balloond's QMP client encodes each request once instead of qemu.qmp's three times;
+    what comes back is what qemu.qmp's own execute() gives: the value, ExecuteError for an
+    error reply, BadReplyError for a reply with neither, and one wire form per request."""
+    from balloond.adapters.qmp import LeanClient
+
+    replies: list[dict[str, Any]] = [
+        {"return": {"actual": 5}},
+        {"error": {"class": "DeviceNotActive", "desc": "No balloon device has been activated"}},
+        {"error": "not an object"},
+        {"nothing": True},
+    ]
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        version = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}
+        writer.write(b'{"QMP": {"version": %s, "capabilities": []}}\n' % _json(version))
+        decoder, buffer = json.JSONDecoder(), ""
+        while chunk := await reader.read(4096):
+            buffer += chunk.decode()
+            # qemu.qmp sends JSON objects back to back, without newlines, as QEMU reads them.
+            try:
+                request, end = decoder.raw_decode(buffer)
+            except ValueError:
+                continue
+            requests.append(buffer[:end].encode())
+            buffer = buffer[end:]
+            reply = {"return": {}} if request["execute"] == "qmp_capabilities" else replies.pop(0)
+            if "id" in request:
+                reply["id"] = request["id"]
+            writer.write(_json(reply) + b"\n")
+        writer.close()
+
+    path = tmp_path / "odd.qmp"
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    client = LeanClient("odd", on_event=lambda msg: None)
+    try:
+        async with asyncio.timeout(60):
+            await _answers_and_refusals(client, path)
+    finally:
+        await client.disconnect()
+        server.close()
+        await server.wait_closed()
+    assert requests[2] == b'{"execute":"balloon","arguments":{"value":1},"id":"__qmp#00001"}'
+
+
+async def _answers_and_refusals(client: Any, path: Path) -> None:
+    from qemu.qmp import ExecuteError
+    from qemu.qmp.qmp_client import BadReplyError
+
+    await client.connect(str(path))
+    assert await client.execute("query-balloon") == {"actual": 5}
+    with pytest.raises(ExecuteError) as refused:
+        await client.execute("balloon", {"value": 1})
+    assert refused.value.error_class == "DeviceNotActive"
+    with pytest.raises(BadReplyError, match="malformed"):
+        await client.execute("query-balloon")
+    with pytest.raises(BadReplyError, match="missing"):
+        await client.execute("query-balloon")
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()

@@ -18,9 +18,10 @@ Every call takes a timeout chosen by the caller; qemu.qmp has none of its own. q
 exceptions are translated here, once, into :mod:`balloond.core.errors`.
 
 qemu.qmp keeps every event in its default listener (a queue and a history list that only
-grow), which a daemon running for months cannot afford. :class:`_Client` therefore hands
+grow), which a daemon running for months cannot afford. :class:`LeanClient` therefore hands
 events straight to the link, which keeps only a small bounded queue of the kinds it cares
-about.
+about; it also formats no DEBUG copy of a message nobody will read, and encodes each request
+once. The scale benchmark's floor is this client with nothing else around it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from typing import Any, TypeVar
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError
 from qemu.qmp.message import Message
+from qemu.qmp.models import ErrorResponse
+from qemu.qmp.protocol import Runstate, require
+from qemu.qmp.qmp_client import BadReplyError
 
 from balloond.adapters.linkbase import LinkBase
 from balloond.core.errors import (
@@ -49,7 +53,7 @@ from balloond.core.link import NO_SESSION, LinkEvent, LinkState
 from balloond.core.stats import BalloonStats
 from balloond.runtime.aio import Deadline
 
-__all__ = ["NO_SESSION", "QmpLink", "SharedQmpLink", "silence_qmp_library_logs"]
+__all__ = ["NO_SESSION", "LeanClient", "QmpLink", "SharedQmpLink", "silence_qmp_library_logs"]
 
 T = TypeVar("T")
 
@@ -64,8 +68,9 @@ ACTUAL_QUIET_S = 1.5
 _BALLOON_TYPES = ("virtio-balloon-pci", "virtio-balloon-ccw", "virtio-balloon-device")
 
 
-class _Client(QMPClient):
-    """A QMPClient that hands events to a callback instead of its growing listeners.
+class LeanClient(QMPClient):
+    """A QMPClient that hands events to a callback instead of its growing listeners, and
+    spends nothing per message that nobody uses.
 
     ``_event_dispatch`` is qemu.qmp's internal hook (qemu.qmp is pinned to 0.0.6, where it
     is the one place every event passes). The default listener never sees an event, so its
@@ -91,6 +96,29 @@ class _Client(QMPClient):
         if self.logger.isEnabledFor(logging.DEBUG):
             return super()._cb_inbound(msg)
         return msg
+
+    # qemu.qmp's execute() encodes each request three times: make_execute_msg() encodes
+    # the command, execute_msg() encodes its copy, and the id set after that makes the
+    # send encode it again. Here it is encoded once, at the send: two encodings and a copy
+    # fewer on every call (see benchmarks/RESULTS.md). The same checks and the same errors.
+    @require(Runstate.RUNNING)
+    async def execute(
+        self, cmd: str, arguments: Mapping[str, object] | None = None, oob: bool = False
+    ) -> object:
+        request: dict[str, object] = {"exec-oob" if oob else "execute": cmd}
+        if arguments is not None:
+            request["arguments"] = arguments
+        msg = Message(request, eager=False)
+        reply = await self._execute(msg)
+        if "error" in reply:
+            try:
+                error_response = ErrorResponse(reply)
+            except (KeyError, TypeError) as err:
+                raise BadReplyError("QMP error reply is malformed", reply, msg) from err
+            raise ExecuteError(error_response, msg, reply)
+        if "return" not in reply:
+            raise BadReplyError("QMP reply is missing a 'error' or 'return' member", reply, msg)
+        return reply["return"]
 
 
 def silence_qmp_library_logs(level: int = logging.CRITICAL) -> None:
@@ -125,7 +153,7 @@ class QmpLink(LinkBase):
         super().__init__(name, driver_grace_s=driver_grace_s, clock=clock)
         self.socket_path = Path(socket_path)
         self.on_event = on_event
-        self._client: _Client | None = None
+        self._client: LeanClient | None = None
         #: The loop the link connected in (its calls' deadlines run on it).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._balloon_path: str | None = None
@@ -166,7 +194,7 @@ class QmpLink(LinkBase):
         await self._drop_client()
         self._loop = asyncio.get_running_loop()
         self._set_state(LinkState.CONNECTING, str(self.socket_path))
-        client = _Client(self.name, self._on_event)
+        client = LeanClient(self.name, self._on_event)
         self._client = client
         try:
             async with asyncio.timeout(timeout_s):
@@ -208,7 +236,7 @@ class QmpLink(LinkBase):
             async with asyncio.timeout(2.0):
                 await client.disconnect()
 
-    async def _discover(self, client: _Client) -> None:
+    async def _discover(self, client: LeanClient) -> None:
         self._balloon_path = await self._find_balloon(client)
         self._boot_bytes = self._base_memory(await self._call(client, "query-memory-size-summary"))
         if self._balloon_path is None:
@@ -221,7 +249,7 @@ class QmpLink(LinkBase):
         if self._stats_interval_s is not None:
             await self._apply_stats_interval(client, self._stats_interval_s)
 
-    async def _device_flag(self, client: _Client, prop: str) -> bool | None:
+    async def _device_flag(self, client: LeanClient, prop: str) -> bool | None:
         """A boolean property of the balloon device; None where this QEMU has no such
         property or answers oddly."""
         try:
@@ -232,7 +260,7 @@ class QmpLink(LinkBase):
             return None
         return value if isinstance(value, bool) else None
 
-    async def _find_balloon(self, client: _Client) -> str | None:
+    async def _find_balloon(self, client: LeanClient) -> str | None:
         for parent in ("/machine/peripheral", "/machine/peripheral-anon"):
             try:
                 children = await self._call(client, "qom-list", {"path": parent})
@@ -264,7 +292,7 @@ class QmpLink(LinkBase):
         return None
 
     async def _call(
-        self, client: _Client, cmd: str, args: Mapping[str, object] | None = None
+        self, client: LeanClient, cmd: str, args: Mapping[str, object] | None = None
     ) -> Any:
         """Execute one command on ``client``; translate qemu.qmp's errors."""
         try:
@@ -275,7 +303,7 @@ class QmpLink(LinkBase):
                 raise
             raise error from exc
 
-    def _live(self, what: str) -> tuple[_Client, asyncio.AbstractEventLoop]:
+    def _live(self, what: str) -> tuple[LeanClient, asyncio.AbstractEventLoop]:
         client, loop = self._client, self._loop
         if client is None or loop is None or not self._state.connected:
             raise DisconnectedError(f"{self.name}: {what}: not connected ({self._state.value})")
@@ -291,7 +319,9 @@ class QmpLink(LinkBase):
         self._set_state(LinkState.DISCONNECTED, f"lost during {what}")
         self._end_events()
 
-    async def _run(self, what: str, timeout_s: float, op: Callable[[_Client], Awaitable[T]]) -> T:
+    async def _run(
+        self, what: str, timeout_s: float, op: Callable[[LeanClient], Awaitable[T]]
+    ) -> T:
         """Run ``op`` on the live client under ``timeout_s``, keeping the state true."""
         client, loop = self._live(what)
         try:
@@ -372,7 +402,7 @@ class QmpLink(LinkBase):
         )
 
     async def _apply_stats_interval(
-        self, client: _Client, interval_s: int, *, restart: bool = False
+        self, client: LeanClient, interval_s: int, *, restart: bool = False
     ) -> None:
         path = self._require_balloon()
         prop = "guest-stats-polling-interval"
@@ -555,7 +585,7 @@ class SharedQmpLink(QmpLink):
         if _socket_id(self.socket_path) != self._socket_id:
             await self.connect(timeout_s=timeout_s)  # a new QEMU: set it up from scratch
             return
-        client = _Client(self.name, self._on_event)
+        client = LeanClient(self.name, self._on_event)
         try:
             async with asyncio.timeout(timeout_s):
                 await client.connect(str(self.socket_path))
