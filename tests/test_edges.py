@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from qemu.qmp import ExecuteError
+from qemu.qmp.qmp_client import BadReplyError
 
 from balloond.adapters.discovery import GuestSpec, Way, discover, name_from_path
 from balloond.adapters.procfs import parse_meminfo, parse_psi_some_avg10, read_host
-from balloond.adapters.qmp import QmpLink
+from balloond.adapters.qmp import LeanClient, QmpLink
 from balloond.core.errors import DisconnectedError
 from balloond.core.link import LinkState
 from balloond.core.stats import QMP_NOT_REPORTED, QMP_STAT_NAMES, BalloonStats
@@ -211,8 +213,6 @@ async def test_the_qmp_client_answers_and_refuses_as_qemu_qmp_does(tmp_path: Pat
     """balloond's QMP client encodes each request once instead of qemu.qmp's three times;
     what comes back is what qemu.qmp's own execute() gives: the value, ExecuteError for an
     error reply, BadReplyError for a reply with neither, and one wire form per request."""
-    from balloond.adapters.qmp import LeanClient
-
     replies: list[dict[str, Any]] = [
         {"return": {"actual": 5}},
         {"error": {"class": "DeviceNotActive", "desc": "No balloon device has been activated"}},
@@ -228,16 +228,18 @@ async def test_the_qmp_client_answers_and_refuses_as_qemu_qmp_does(tmp_path: Pat
         while chunk := await reader.read(4096):
             buffer += chunk.decode()
             # qemu.qmp sends JSON objects back to back, without newlines, as QEMU reads them.
-            try:
-                request, end = decoder.raw_decode(buffer)
-            except ValueError:
-                continue
-            requests.append(buffer[:end].encode())
-            buffer = buffer[end:]
-            reply = {"return": {}} if request["execute"] == "qmp_capabilities" else replies.pop(0)
-            if "id" in request:
-                reply["id"] = request["id"]
-            writer.write(_json(reply) + b"\n")
+            while buffer:
+                try:
+                    request, end = decoder.raw_decode(buffer)
+                except ValueError:
+                    break  # the rest of this object is still on its way
+                requests.append(buffer[:end].encode())
+                buffer = buffer[end:]
+                capabilities = request["execute"] == "qmp_capabilities"
+                reply = {"return": {}} if capabilities else replies.pop(0)
+                if "id" in request:
+                    reply["id"] = request["id"]
+                writer.write(_json(reply) + b"\n")
         writer.close()
 
     path = tmp_path / "odd.qmp"
@@ -253,10 +255,7 @@ async def test_the_qmp_client_answers_and_refuses_as_qemu_qmp_does(tmp_path: Pat
     assert requests[2] == b'{"execute":"balloon","arguments":{"value":1},"id":"__qmp#00001"}'
 
 
-async def _answers_and_refusals(client: Any, path: Path) -> None:
-    from qemu.qmp import ExecuteError
-    from qemu.qmp.qmp_client import BadReplyError
-
+async def _answers_and_refusals(client: LeanClient, path: Path) -> None:
     await client.connect(str(path))
     assert await client.execute("query-balloon") == {"actual": 5}
     with pytest.raises(ExecuteError) as refused:
