@@ -126,6 +126,19 @@ def _earlier_sections() -> dict[str, str]:
     return out
 
 
+def rerun_head(earlier_head: str, only: str, rerun: str) -> list[str]:
+    """The report's head after a run of one section: the earlier head with ``rerun`` (the
+    line saying when that section was measured again) in place of any earlier such line for
+    the same section, which no longer describes what the report shows."""
+    earlier = f"measured the {only} section again"
+    kept = [
+        line
+        for line in earlier_head.rstrip().splitlines()
+        if not (line.startswith("- Then `") and line.endswith(earlier))
+    ]
+    return [*kept, rerun]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short windows, about two minutes")
@@ -163,12 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
     ]
     if args.only and "head" in earlier:
-        head = [
-            *earlier["head"].rstrip().splitlines(),
+        rerun = (
             f"- Then `{command} --only {args.only}` on {when:%Y-%m-%d %H:%M} UTC "
-            f"({elapsed / 60:.1f} minutes) measured the {args.only} section again",
-            "",
-        ]
+            f"({elapsed / 60:.1f} minutes) measured the {args.only} section again"
+        )
+        head = [*rerun_head(earlier["head"], args.only, rerun), ""]
     body = [text.rstrip() + "\n" for text, _ in results]
     report = "\n".join(head) + "\n" + "\n".join(body)
     REPORT.write_text(with_carried(report), encoding="utf-8")

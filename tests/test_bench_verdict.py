@@ -1,9 +1,10 @@
 """The scale benchmark's verdict on the ratio target: a window beside the floor counts only
 when both sides kept to their polls (``benchmarks/scale.py``; the benchmark itself runs in
-``make bench``, not here)."""
+``make bench``, not here); and the report's head after a run of one section."""
 
 from __future__ import annotations
 
+from benchmarks.run import rerun_head
 from benchmarks.scale import Paired, Result, Run, verdict
 
 
@@ -65,3 +66,26 @@ def test_a_window_in_which_the_daemon_fell_behind_shows_no_target_met() -> None:
     assert "**not shown**" in line
     assert "met" not in line.replace("not shown", "")
     assert "the daemon 0.78, the floor 0.89" in line
+
+
+def test_a_section_measured_again_is_named_once_in_the_head() -> None:
+    head = (
+        "# balloond benchmarks\n\n- Command: `python -m benchmarks.run` (full mode)\n"
+        "- Then `python -m benchmarks.run --only scale` on 2026-12-01 05:17 UTC (17.8 minutes) "
+        "measured the scale section again\n"
+        "- Then `python -m benchmarks.run --only quality` on 2026-12-01 06:00 UTC (9.0 minutes) "
+        "measured the quality section again\n"
+    )
+    rerun = (
+        "- Then `python -m benchmarks.run --only scale` on 2026-12-01 07:27 UTC (17.8 minutes) "
+        "measured the scale section again"
+    )
+    lines = rerun_head(head, "scale", rerun)
+    assert lines[-1] == rerun
+    assert not any("05:17" in line for line in lines)
+    assert any("--only quality" in line for line in lines)  # another section's stays
+    assert lines[:3] == [
+        "# balloond benchmarks",
+        "",
+        "- Command: `python -m benchmarks.run` (full mode)",
+    ]
